@@ -1,0 +1,273 @@
+"""The vocabulary shared by every layer: sources, states, snapshots and events.
+
+Sources normalise upstream JSON into the frozen snapshot types here; the tracker turns
+snapshots into events; sinks consume events. Nothing in this module does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Source(StrEnum):
+    ENGINE = "engine"
+    DATADOG = "datadog"
+
+
+class State(StrEnum):
+    NONE = "none"
+    IN_PROGRESS = "in_progress"
+    SUSPENDED = "suspended"
+    STALLED = "stalled"
+    FAILED = "failed"
+    PASSED = "passed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+    VANISHED = "vanished"
+
+
+#: Every state a batch can be in (``none`` only precedes a first sighting).
+STATES: tuple[State, ...] = tuple(s for s in State if s is not State.NONE)
+
+#: States each source can actually produce, in a stable order (used to pre-create series).
+SOURCE_STATES: dict[Source, tuple[State, ...]] = {
+    Source.ENGINE: (
+        State.IN_PROGRESS, State.SUSPENDED, State.STALLED, State.FAILED,
+        State.PASSED, State.CANCELLED, State.VANISHED,
+    ),
+    Source.DATADOG: (
+        State.IN_PROGRESS, State.STALLED, State.PASSED, State.FAILED,
+        State.SKIPPED, State.VANISHED,
+    ),
+}
+
+# An engine batch with failed jobs is not finished: retrying or deleting the jobs lets it
+# complete. A Datadog batch reported failed is final.
+TERMINAL: dict[Source, frozenset[State]] = {
+    Source.ENGINE: frozenset({State.PASSED, State.SKIPPED, State.CANCELLED, State.VANISHED}),
+    Source.DATADOG: frozenset(
+        {State.PASSED, State.FAILED, State.SKIPPED, State.CANCELLED, State.VANISHED}
+    ),
+}
+
+#: Transitions worth a warning-level log line.
+BAD_NEWS: frozenset[State] = frozenset(
+    {State.FAILED, State.STALLED, State.VANISHED, State.CANCELLED}
+)
+
+
+def is_terminal(source: Source, state: State) -> bool:
+    return state in TERMINAL[source]
+
+
+def possible_transitions(source: Source) -> list[tuple[State, State]]:
+    """(from, to) pairs a source can emit; their counters start at 0 so increase() works."""
+    states = SOURCE_STATES[source]
+    origins = (State.NONE, *(s for s in states if not is_terminal(source, s)))
+    return [(a, b) for a in origins for b in states if a != b]
+
+
+DATADOG_BATCH_TYPE = "synthetics-ci"
+
+
+class ResultState(StrEnum):
+    """State of one Datadog CI result slot (test + location + device)."""
+
+    NONE = "none"
+    IN_PROGRESS = "in_progress"
+    PASSED = "passed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+FINISHED_RESULT_STATES: frozenset[ResultState] = frozenset(
+    {ResultState.PASSED, ResultState.FAILED, ResultState.SKIPPED}
+)
+
+
+# --------------------------------------------------------------------------- snapshots
+
+
+@dataclass(frozen=True, slots=True)
+class JobCounts:
+    total: int
+    created: int
+    completed: int
+    remaining: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineBatchSnapshot:
+    """One row of ``/batch/statistics``."""
+
+    batch_id: str
+    batch_type: str
+    jobs: JobCounts
+    suspended: bool
+    start_time: float | None = None  # epoch seconds; absent before Camunda 7.18
+    tenant_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHistoryRecord:
+    """A row of ``/history/batch`` plus whether the user-operation log shows a Delete."""
+
+    batch_id: str
+    batch_type: str
+    total_jobs: int | None
+    start_time: float | None
+    end_time: float | None
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CiMetadata:
+    pipeline_url: str | None = None
+    git_branch: str | None = None
+    git_commit: str | None = None
+
+
+ResultKey = tuple[str, str, str]  # (test_public_id, location, device)
+
+
+@dataclass(frozen=True, slots=True)
+class CiResult:
+    """One entry of a Datadog CI batch's ``results``; ``status`` is the raw upstream string."""
+
+    test_public_id: str
+    status: str
+    location: str = ""
+    device: str = ""
+    test_name: str | None = None
+    test_type: str | None = None
+    execution_rule: str | None = None
+    result_id: str | None = None
+    retries: int | None = None
+    duration_ms: float | None = None
+
+    @property
+    def key(self) -> ResultKey:
+        return (self.test_public_id, self.location, self.device)
+
+
+@dataclass(frozen=True, slots=True)
+class DatadogBatchSnapshot:
+    batch_id: str
+    status: str  # raw upstream value; unknown values are kept, never rejected
+    results: tuple[CiResult, ...] = ()
+    metadata: CiMetadata = field(default_factory=CiMetadata)
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class ResultCounts:
+    total: int = 0
+    passed: int = 0
+    failed: int = 0
+    in_progress: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTransition:
+    seq: int
+    time: float
+    source: Source
+    target: str
+    batch_id: str
+    batch_type: str
+    from_state: State
+    to_state: State
+    jobs: JobCounts | None = None
+    duration_seconds: float | None = None
+    results: ResultCounts | None = None
+    metadata: CiMetadata | None = None
+
+    event_name = "batch.transition"
+
+    def fields(self) -> dict[str, Any]:
+        """The log line / API fields, in the order SPEC.md shows them."""
+        out: dict[str, Any] = {
+            "seq": self.seq,
+            "source": self.source.value,
+            "target": self.target,
+            "batch_id": self.batch_id,
+            "batch_type": self.batch_type,
+            "from_state": self.from_state.value,
+            "to_state": self.to_state.value,
+        }
+        if self.jobs is not None:
+            out["total_jobs"] = self.jobs.total
+            out["completed_jobs"] = self.jobs.completed
+            out["remaining_jobs"] = self.jobs.remaining
+            out["failed_jobs"] = self.jobs.failed
+        if self.results is not None:
+            out["results_total"] = self.results.total
+            out["results_passed"] = self.results.passed
+            out["results_failed"] = self.results.failed
+            out["results_in_progress"] = self.results.in_progress
+        if self.metadata is not None:
+            for name in ("pipeline_url", "git_branch", "git_commit"):
+                value = getattr(self.metadata, name)
+                if value is not None:
+                    out[name] = value
+        out["duration_seconds"] = self.duration_seconds
+        return out
+
+    @property
+    def bad_news(self) -> bool:
+        return self.to_state in BAD_NEWS
+
+
+@dataclass(frozen=True, slots=True)
+class ResultTransition:
+    seq: int
+    time: float
+    target: str
+    batch_id: str
+    result: CiResult
+    from_state: ResultState
+    to_state: ResultState
+
+    event_name = "ci_result.transition"
+    source = Source.DATADOG
+
+    def fields(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "seq": self.seq,
+            "source": self.source.value,
+            "target": self.target,
+            "batch_id": self.batch_id,
+            "test_public_id": r.test_public_id,
+            "test_name": r.test_name,
+            "test_type": r.test_type,
+            "location": r.location,
+            "device": r.device,
+            "execution_rule": r.execution_rule,
+            "result_id": r.result_id,
+            "retries": r.retries,
+            "duration_ms": r.duration_ms,
+            "from_state": self.from_state.value,
+            "to_state": self.to_state.value,
+        }
+
+    @property
+    def bad_news(self) -> bool:
+        return self.to_state is ResultState.FAILED
+
+
+Event = BatchTransition | ResultTransition
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something worth one log line that is not a transition (e.g. an unknown status)."""
+
+    event: str
+    level: str
+    fields: dict[str, Any]
