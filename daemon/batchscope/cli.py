@@ -1,0 +1,194 @@
+"""Command line: run, demo, check-config, once, wait.
+
+Exit codes: 0 success; 1 ``wait`` ended in failed/cancelled/vanished (``once``: a target
+failed); 2 usage error; 3 ``wait`` timed out; 78 invalid configuration or state file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from batchscope import __version__
+from batchscope.settings import EX_CONFIG, Settings, SettingsError, load_settings, redacted_dict
+
+EXIT_OK, EXIT_BAD_OUTCOME, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH",
+                        help="TOML settings file (default: $BATCHSCOPE_CONFIG)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=["json", "console"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchscope",
+        description="Watch Camunda 7 / Operaton / CIB seven batches and Datadog CI batches; "
+                    "export their state changes as Prometheus metrics and JSON logs.",
+    )
+    parser.add_argument("--version", action="version", version=f"batchscope {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon")
+    _common(run)
+    run.add_argument("--host", help="HTTP listen address (http.host)")
+    run.add_argument("--port", type=int, help="HTTP port (http.port)")
+    run.add_argument("--state-path", help="SQLite state file, or :memory:")
+    run.add_argument("--reset-state", action="store_true",
+                     help="start from an empty state file (discard an unusable one)")
+
+    demo = sub.add_parser("demo", help="run the daemon against a built-in simulator")
+    demo.add_argument("--port", type=int, default=9847, help="HTTP port (default 9847)")
+    demo.add_argument("--host", default="127.0.0.1", help="HTTP listen address")
+    demo.add_argument("--log-format", choices=["json", "console"])
+    demo.add_argument("--duration", type=float, default=None,
+                      help="stop after this many seconds (default: run until Ctrl-C)")
+
+    check = sub.add_parser("check-config", help="validate and print the effective settings")
+    _common(check)
+
+    once = sub.add_parser("once", help="poll every target once and print the batches")
+    _common(once)
+    once.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    wait = sub.add_parser("wait", help="block until a batch is terminal")
+    _common(wait)
+    wait.add_argument("batch_id")
+    wait.add_argument("--source", choices=["engine", "datadog"], default="datadog")
+    wait.add_argument("--target", help="target name (default: the only one of that source)")
+    wait.add_argument("--timeout", type=float, default=3600.0, help="seconds (default 3600)")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    mapping = {"log_level": "log_level", "log_format": "log_format", "host": "http.host",
+               "port": "http.port", "state_path": "state_path"}
+    return {key: getattr(args, attr) for attr, key in mapping.items()
+            if getattr(args, attr, None) is not None}
+
+
+def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Settings:
+    return load_settings(args.config, overrides={**_overrides(args), **(extra or {})})
+
+
+def _secrets(settings: Settings) -> list[str]:
+    values = []
+    if settings.http.api_token is not None:
+        values.append(settings.http.api_token.get_secret_value())
+    for e in settings.engines:
+        values += [s.get_secret_value() for s in (e.password, e.bearer_token) if s is not None]
+    for d in settings.datadog:
+        values += [s.get_secret_value() for s in (d.api_key, d.app_key) if s is not None]
+    return values
+
+
+def _setup_logging(settings: Settings) -> None:
+    from batchscope.sinks.logs import configure_logging
+
+    configure_logging(log_format=settings.log_format, level=settings.log_level,
+                      secrets=_secrets(settings))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    sys.stdout.write(orjson.dumps(redacted_dict(settings),
+                                  option=orjson.OPT_INDENT_2).decode() + "\n")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from batchscope.runtime.daemon import Daemon
+    from batchscope.sinks.store import StateError
+
+    settings = _load(args)
+    _setup_logging(settings)
+
+    async def main() -> None:
+        try:
+            daemon = Daemon(settings, reset_state=args.reset_state,
+                            reload=lambda: _load(args))
+        except StateError as exc:
+            raise _ConfigExit(str(exc)) from exc
+        await daemon.run_until_signalled()
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+class _ConfigExit(Exception):
+    pass
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from batchscope.runtime.demo import run_demo
+
+    return asyncio.run(run_demo(host=args.host, port=args.port, log_format=args.log_format,
+                                duration=args.duration))
+
+
+def _print_batches(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    header = f"{'SOURCE':8} {'TARGET':16} {'STATE':12} {'TYPE':28} BATCH_ID"
+    print(header)
+    for r in rows:
+        print(f"{r['source']:8} {r['target']:16} {r['state']:12} {r['batch_type']:28} "
+              f"{r['batch_id']}")
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from batchscope.runtime.oneshot import poll_once
+
+    settings = _load(args, {"state_path": ":memory:"})
+    _setup_logging(settings)
+    rows, failed = asyncio.run(poll_once(settings))
+    _print_batches(rows, args.json)
+    return EXIT_BAD_OUTCOME if failed else EXIT_OK
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    from batchscope.runtime.oneshot import WaitTimeout, wait_for_batch
+
+    settings = _load(args, {"state_path": ":memory:"})
+    _setup_logging(settings)
+    deadline = time.monotonic() + args.timeout
+    try:
+        state = asyncio.run(wait_for_batch(settings, args.source, args.target, args.batch_id,
+                                           deadline))
+    except WaitTimeout as exc:
+        print(f"timed out: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    except LookupError as exc:
+        print(f"batchscope wait: {exc.args[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    print(state)
+    return EXIT_OK if state in ("passed", "skipped") else EXIT_BAD_OUTCOME
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "check-config": cmd_check_config,
+            "once": cmd_once, "wait": cmd_wait}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"batchscope: invalid configuration: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    except _ConfigExit as exc:
+        print(f"batchscope: unusable state file: {exc} "
+              "(use --reset-state to start afresh)", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK

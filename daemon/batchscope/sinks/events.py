@@ -1,0 +1,45 @@
+"""A bounded ring buffer of recent events, served by ``/api/v1/events``."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from batchscope.model import Event
+
+
+def event_record(event: Event) -> dict[str, Any]:
+    """The same fields as the event's log line."""
+    return {
+        "timestamp": datetime.fromtimestamp(event.time, UTC).isoformat(),
+        "level": "warning" if event.bad_news else "info",
+        "event": event.event_name,
+        **event.fields(),
+    }
+
+
+class EventBuffer:
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._items: deque[dict[str, Any]] = deque(maxlen=capacity)
+
+    def extend(self, events: Iterable[Event]) -> None:
+        self._items.extend(event_record(e) for e in events)
+
+    def after(self, seq: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """Events with a sequence number above ``seq``, oldest first."""
+        items = self._items
+        if not items or items[-1]["seq"] <= seq:
+            return []
+        # Sequence numbers increase by one per event, so the start index is arithmetic;
+        # the scan below only corrects for gaps left by a restart.
+        start = max(0, seq - items[0]["seq"] + 1)
+        while start > 0 and items[start - 1]["seq"] > seq:
+            start -= 1
+        while start < len(items) and items[start]["seq"] <= seq:
+            start += 1
+        return [items[i] for i in range(start, min(len(items), start + limit))]
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,195 @@
+"""Client of the Datadog Synthetics CI batch API, and the normalisation of its JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import aiohttp
+
+from batchscope.model import CiMetadata, CiResult, DatadogBatchSnapshot
+from batchscope.sources.fetch import NotFound, PollError, RateLimit, get_json, ssl_context
+
+if TYPE_CHECKING:
+    from batchscope.settings import DatadogTarget
+
+
+@dataclass(slots=True)
+class ParsedBatch:
+    snapshot: DatadogBatchSnapshot
+    skipped_results: list[str] = field(default_factory=list)
+
+
+def _opt_str(obj: dict[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _opt_number(obj: dict[str, Any], name: str) -> float | None:
+    value = obj.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _dig(obj: object, *path: str) -> str | None:
+    for name in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(name)
+    return obj if isinstance(obj, str) else None
+
+
+def parse_result(raw: object) -> CiResult:
+    if not isinstance(raw, dict):
+        raise ValueError(f"result is a {type(raw).__name__}, not an object")
+    test_id = raw.get("test_public_id")
+    status = raw.get("status")
+    if not isinstance(test_id, str) or not test_id:
+        raise ValueError("result has no test_public_id")
+    if not isinstance(status, str):
+        raise ValueError(f"result of {test_id} has no status")
+    retries = _opt_number(raw, "retries")
+    return CiResult(
+        test_public_id=test_id,
+        status=status,
+        location=_opt_str(raw, "location") or "",
+        device=_opt_str(raw, "device") or "",
+        test_name=_opt_str(raw, "test_name"),
+        test_type=_opt_str(raw, "test_type"),
+        execution_rule=_opt_str(raw, "execution_rule"),
+        result_id=_opt_str(raw, "result_id"),
+        retries=int(retries) if retries is not None else None,
+        duration_ms=_opt_number(raw, "duration"),
+    )
+
+
+def parse_batch(batch_id: str, body: object) -> ParsedBatch:
+    """Normalise a ``SyntheticsBatchDetails`` body.
+
+    The status enum is not validated: the live API sends ``in_progress``, absent from the
+    published enum, and may send other values; the tracker decides what they mean.
+    """
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict):
+        raise PollError("invalid_response", "batch body has no 'data' object")
+    status = data.get("status")
+    if not isinstance(status, str) or not status:
+        raise PollError("invalid_response", "batch has no 'status' string")
+    raw_results = data.get("results") or []
+    if not isinstance(raw_results, list):
+        raise PollError("invalid_response", "batch 'results' is not a list")
+    results: list[CiResult] = []
+    skipped: list[str] = []
+    for raw in raw_results:
+        try:
+            results.append(parse_result(raw))
+        except ValueError as exc:
+            skipped.append(str(exc))
+    meta = data.get("metadata")
+    metadata = CiMetadata(
+        pipeline_url=_dig(meta, "ci", "pipeline", "url"),
+        git_branch=_dig(meta, "git", "branch"),
+        git_commit=_dig(meta, "git", "commitSha"),
+    )
+    snapshot = DatadogBatchSnapshot(
+        batch_id=batch_id, status=status, results=tuple(results), metadata=metadata
+    )
+    return ParsedBatch(snapshot, skipped)
+
+
+class Pacer:
+    """Spends Datadog's rate-limit budget so that a large watch list never hits 429.
+
+    It trusts the latest ``X-RateLimit-Remaining`` and counts its own requests down from
+    it; when only the reserve is left it waits for the window to reset.
+    """
+
+    def __init__(self, reserve_fraction: float = 0.05) -> None:
+        self._reserve_fraction = reserve_fraction
+        self._remaining: int | None = None
+        self._reserve = 1
+        self._reset_at: float | None = None
+
+    def update(self, rate_limit: RateLimit, now: float) -> None:
+        self._remaining = rate_limit.remaining
+        if rate_limit.limit:
+            self._reserve = max(1, int(rate_limit.limit * self._reserve_fraction))
+        if rate_limit.reset is not None:
+            self._reset_at = now + rate_limit.reset
+
+    def blocked_for(self, seconds: float | None, now: float) -> None:
+        """After a 429: nothing may be sent until the given delay has passed."""
+        self._remaining = 0
+        self._reset_at = now + (seconds if seconds is not None else 5.0)
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before the next request (0: send now, and count it)."""
+        if self._remaining is None:
+            return 0.0
+        if self._remaining > self._reserve:
+            self._remaining -= 1
+            return 0.0
+        if self._reset_at is None or now >= self._reset_at:
+            self._remaining = None  # a new window; the next response tells its budget
+            return 0.0
+        return self._reset_at - now
+
+
+class DatadogClient:
+    """Reads CI batches of one Datadog organisation, at most ``max_concurrency`` at a time."""
+
+    def __init__(
+        self,
+        target: DatadogTarget,
+        session: aiohttp.ClientSession,
+        *,
+        on_progress: Callable[[], None] | None = None,
+    ) -> None:
+        self.target = target
+        self._session = session
+        self._base = target.base_url.rstrip("/")
+        self._headers = {"Accept": "application/json"}
+        if target.api_key is not None:
+            self._headers["DD-API-KEY"] = target.api_key.get_secret_value()
+        if target.app_key is not None:
+            self._headers["DD-APPLICATION-KEY"] = target.app_key.get_secret_value()
+        self._ssl = ssl_context(target.verify_tls, target.ca_file)
+        self._slots = asyncio.Semaphore(target.max_concurrency)
+        self._on_progress = on_progress
+        self.rate_limit: RateLimit | None = None
+        self.pacer = Pacer()
+
+    async def batch(self, batch_id: str) -> ParsedBatch | None:
+        """The batch, or None while Datadog answers 404 for it."""
+        async with self._slots:
+            while (wait := self.pacer.delay(time.monotonic())) > 0:
+                await asyncio.sleep(wait)
+            try:
+                response = await get_json(
+                    self._session,
+                    f"{self._base}/api/v1/synthetics/ci/batch/{quote(batch_id, safe='')}",
+                    headers=self._headers,
+                    timeout=self.target.request_timeout,
+                    max_bytes=self.target.max_response_bytes,
+                    ssl_option=self._ssl,
+                )
+            except NotFound:
+                return None
+            except PollError as exc:
+                if exc.rate_limit is not None:
+                    self.pacer.update(exc.rate_limit, time.monotonic())
+                if exc.reason == "rate_limited":
+                    self.pacer.blocked_for(exc.retry_after, time.monotonic())
+                raise
+            finally:
+                if self._on_progress is not None:
+                    self._on_progress()
+        if response.rate_limit is not None:
+            self.rate_limit = response.rate_limit
+            self.pacer.update(response.rate_limit, time.monotonic())
+        return parse_batch(batch_id, response.body)
