@@ -90,11 +90,12 @@ def _secrets(settings: Settings) -> list[str]:
     return values
 
 
-def _setup_logging(settings: Settings) -> None:
+def _setup_logging(settings: Settings, *, to_stderr: bool = False) -> None:
+    """Logs go to stdout for the daemon; one-shot commands keep stdout for their output."""
     from batchscope.sinks.logs import configure_logging
 
     configure_logging(log_format=settings.log_format, level=settings.log_level,
-                      secrets=_secrets(settings))
+                      secrets=_secrets(settings), stream=sys.stderr if to_stderr else None)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -149,7 +150,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     from batchscope.runtime.oneshot import poll_once
 
     settings = _load(args, {"state_path": ":memory:"})
-    _setup_logging(settings)
+    _setup_logging(settings, to_stderr=True)
     rows, failed = asyncio.run(poll_once(settings))
     _print_batches(rows, args.json)
     return EXIT_BAD_OUTCOME if failed else EXIT_OK
@@ -159,7 +160,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
     from batchscope.runtime.oneshot import WaitTimeout, wait_for_batch
 
     settings = _load(args, {"state_path": ":memory:"})
-    _setup_logging(settings)
+    _setup_logging(settings, to_stderr=True)
     deadline = time.monotonic() + args.timeout
     try:
         state = asyncio.run(wait_for_batch(settings, args.source, args.target, args.batch_id,

@@ -31,11 +31,11 @@ def free_port() -> int:
 def daemon_settings(sim: RunningSimulator, **overrides: Any) -> Settings:
     engine: dict[str, Any] = {"name": "prod", "url": sim.engine_url, "poll_interval": 0.05,
                               "stall_after": 60, "page_size": 50, "request_timeout": 2}
-    engine.update(overrides.pop("engine", {}))
+    engine.update(overrides.pop("engine_target", {}))
     datadog: dict[str, Any] = {"name": "ci", "url": sim.datadog_url, "api_key": API_KEY,
                                "app_key": APP_KEY, "poll_interval": 0.05, "request_timeout": 2,
                                "not_found_grace": 0.5}
-    datadog.update(overrides.pop("datadog", {}))
+    datadog.update(overrides.pop("datadog_target", {}))
     values: dict[str, Any] = {
         "state_path": ":memory:", "http.host": "127.0.0.1", "http.port": free_port(),
         "http.api_token": TOKEN, "engines": [engine], "datadog": [datadog],

@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from harness import API_KEY, APP_KEY, TOKEN, running_stack
-from helpers import LogLines, wait_until
 
 from batchscope.model import Source, State
 from batchscope.simulator.engine import FakeEngine
+from helpers import LogLines, wait_until
 
 
 def transitions(logs: LogLines, batch_id: str) -> list[tuple[str, str]]:

@@ -18,10 +18,10 @@ from batchscope import __version__
 from batchscope.model import Source, State
 from batchscope.tracker import TrackedBatch
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # import cycle: the daemon builds this app
     from batchscope.runtime.daemon import Daemon
 
-DAEMON = web.AppKey("daemon", "Daemon")
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 BATCH_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 LANDING = """<!doctype html>

@@ -194,7 +194,7 @@ class Daemon:
                 await poller.poll_once()
             except PollError as exc:
                 error = exc
-            except Exception as exc:  # noqa: BLE001 - a poll loop must survive anything
+            except Exception as exc:
                 log.exception("poll.crashed", source=source.value, target=name)
                 error = classify_unexpected(exc)
             elapsed = time.monotonic() - started
@@ -280,7 +280,8 @@ class Daemon:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else http.port
-        for t in [*self.settings.engines, *self.settings.datadog]:
+        targets: list[TargetSettings] = [*self.settings.engines, *self.settings.datadog]
+        for t in targets:
             self._start_target(t)
         self._background = [
             asyncio.create_task(self._persist_loop(), name="persist"),
@@ -310,14 +311,12 @@ class Daemon:
             return
         try:
             new = self._reload()
-        except Exception as exc:  # noqa: BLE001 - any failure keeps the running settings
+        except Exception as exc:
             problems = getattr(exc, "problems", [str(exc)])
             log.error("settings.reload_rejected", problems=problems)
             return
-        old = {(Source.ENGINE, t.name): t for t in self.settings.engines}
-        old.update({(Source.DATADOG, t.name): t for t in self.settings.datadog})
-        wanted = {(Source.ENGINE, t.name): t for t in new.engines}
-        wanted.update({(Source.DATADOG, t.name): t for t in new.datadog})
+        old = _targets_by_key(self.settings)
+        wanted = _targets_by_key(new)
         self.settings = new
         for key, t in old.items():
             if key not in wanted or wanted[key] != t:
@@ -360,3 +359,11 @@ class Daemon:
         finally:
             log.info("daemon.stopping")
             await self.stop()
+
+
+def _targets_by_key(settings: Settings) -> dict[tuple[Source, str], TargetSettings]:
+    out: dict[tuple[Source, str], TargetSettings] = {
+        (Source.ENGINE, t.name): t for t in settings.engines
+    }
+    out.update({(Source.DATADOG, t.name): t for t in settings.datadog})
+    return out

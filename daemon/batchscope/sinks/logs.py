@@ -103,8 +103,9 @@ def configure_logging(
     )
 
 
-def get_logger(**bound: Any) -> Any:
-    return structlog.get_logger("batchscope").bind(**bound)
+def get_logger() -> Any:
+    """A lazy logger: safe at import time, it follows the configuration of each call."""
+    return structlog.get_logger("batchscope")
 
 
 class EventLog:
