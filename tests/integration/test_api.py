@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 from harness import TOKEN, Stack, running_stack
-from helpers import LogLines, wait_until
 
 from batchscope.model import Source
+from helpers import LogLines, wait_until
 
 
 async def call(stack: Stack, method: str, path: str, *, token: str | None = TOKEN,
