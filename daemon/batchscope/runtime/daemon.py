@@ -13,10 +13,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from batchscope import __version__
 from batchscope.model import Source
 from batchscope.runtime.pollers import (
     DatadogPoller,
     EnginePoller,
+    Heartbeat,
     TargetPoller,
     backoff_delay,
     classify_unexpected,
@@ -55,11 +57,14 @@ class Daemon:
         reset_state: bool = False,
         notifier: SystemdNotifier | None = None,
         reload: Callable[[], Settings] | None = None,
+        heartbeat_grace: float | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.notifier = notifier or SystemdNotifier.from_environ()
         self._reload = reload
+        self._heartbeat_grace = heartbeat_grace
+        self._ready_sent = False
         self.store = StateStore(settings.state_path)
         loaded = self.store.open_blocking(reset=reset_state)  # StateError → exit 78
         self.tracker = Tracker(
@@ -140,30 +145,36 @@ class Daemon:
 
     def _make_target(self, t: TargetSettings) -> RunningTarget:
         interval = t.poll_interval if t.poll_interval is not None else self.settings.poll_interval
+        # Every completed request counts as progress, so a long cycle over many pages is
+        # not mistaken for a wedged loop; a request may take up to request_timeout.
+        grace = self._heartbeat_grace
+        heartbeat = Heartbeat(grace=grace if grace is not None
+                              else max(60.0, 2 * t.request_timeout + 5))
+        poller: TargetPoller
         if isinstance(t, EngineTarget):
             session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=10), raise_for_status=False,
-                headers={"User-Agent": "batchscope"},
+                connector=aiohttp.TCPConnector(limit=10),
+                headers={"User-Agent": f"batchscope/{__version__}"},
             )
-            poller: TargetPoller = EnginePoller(
-                t, interval, self.tracker, EngineClient(t, session), self.publish, self.clock,
-                self.meta.setdefault(f"engine:{t.name}", {}),
+            poller = EnginePoller(
+                t, interval, self.tracker,
+                EngineClient(t, session, on_progress=heartbeat.beat),
+                self.publish, self.clock, self.meta.setdefault(f"engine:{t.name}", {}),
             )
         else:
             session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=t.max_concurrency),
-                headers={"User-Agent": "batchscope"},
+                headers={"User-Agent": f"batchscope/{__version__}"},
             )
             poller = DatadogPoller(
-                t, interval, self.tracker, DatadogClient(t, session), self.publish, self.clock,
+                t, interval, self.tracker,
+                DatadogClient(t, session, on_progress=heartbeat.beat),
+                self.publish, self.clock,
             )
             for batch_id in t.batch_ids:
                 self.watch(t.name, batch_id)
-        client = getattr(poller, "client", None)
-        if client is not None:
-            client._on_progress = poller.heartbeat.beat
-        poller.heartbeat.grace = max(60.0, 6 * t.request_timeout)
-        poller.heartbeat.expect_within(interval)
+        poller.heartbeat = heartbeat
+        heartbeat.expect_within(interval)
         return RunningTarget(settings=t, poller=poller, session=session)
 
     def _start_target(self, t: TargetSettings) -> None:
@@ -227,7 +238,7 @@ class Daemon:
 
     def _notify_progress(self) -> None:
         if self.notifier.enabled:
-            if self.ready and not getattr(self, "_ready_sent", False):
+            if self.ready and not self._ready_sent:
                 self.notifier.ready()
                 self._ready_sent = True
             # Pings only while every loop makes progress: a wedged loop stops them.
