@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from harness import TOKEN, Stack, running_stack
 
 from batchscope.model import Source
+from harness import TOKEN, Stack, running_stack
 from helpers import LogLines, wait_until
 
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness import API_KEY, APP_KEY, TOKEN, running_stack
-
 from batchscope.model import Source, State
 from batchscope.simulator.engine import FakeEngine
+from harness import API_KEY, APP_KEY, TOKEN, running_stack
 from helpers import LogLines, wait_until
 
 

@@ -6,13 +6,13 @@ import socket
 from pathlib import Path
 
 import aiohttp
-from harness import API_KEY, APP_KEY, daemon_settings
 
 from batchscope.runtime.daemon import Daemon
 from batchscope.runtime.sdnotify import SystemdNotifier
 from batchscope.simulator.datadog import FakeDatadog
 from batchscope.simulator.engine import FakeEngine
 from batchscope.simulator.server import start_simulator
+from harness import API_KEY, APP_KEY, daemon_settings
 from helpers import LogLines, wait_until
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
-from sim_support import FakeClock
 
 from batchscope.simulator.datadog import FakeDatadog
 from batchscope.simulator.engine import FakeEngine
+from sim_support import FakeClock
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
-from sim_support import DD_HEADERS, EPOCH, FakeClock, get_json
 
 from batchscope.simulator.datadog import SAMPLE_METADATA, FakeDatadog
+from sim_support import DD_HEADERS, EPOCH, FakeClock, get_json
 
 BATCH_PATH = "/api/v1/synthetics/ci/batch/"
 TRIGGER_PATH = "/api/v1/synthetics/tests/trigger/ci"

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
-from sim_support import EPOCH, FakeClock, get_json
 
 from batchscope.simulator.engine import FakeEngine
+from sim_support import EPOCH, FakeClock, get_json
 
 STATISTICS_FIELDS = {
     "id",

@@ -10,10 +10,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
-from sim_support import DD_HEADERS, get_json
 
 from batchscope.simulator.datadog import FakeDatadog
 from batchscope.simulator.engine import FakeEngine
+from sim_support import DD_HEADERS, get_json
 
 
 async def test_status_fault_applies_once(engine: FakeEngine, engine_client: TestClient) -> None:

@@ -9,11 +9,11 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
-from sim_support import DD_HEADERS, FakeClock
 
 from batchscope.simulator.datadog import FakeDatadog
 from batchscope.simulator.engine import FakeEngine
 from batchscope.simulator.scenario import CYCLE_SECONDS, DemoScenario
+from sim_support import DD_HEADERS, FakeClock
 
 STALL_AFTER = 15.0  # what the demo configures for both sources
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from sim_support import DD_HEADERS
 
 from batchscope.simulator.engine import FakeEngine
 from batchscope.simulator.server import start_simulator
+from sim_support import DD_HEADERS
 
 DAEMON_DIR = Path(__file__).resolve().parents[2] / "daemon"
 

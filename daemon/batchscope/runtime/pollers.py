@@ -119,8 +119,11 @@ class EnginePoller(TargetPoller):
         history = await self.client.finished_since(self.meta["sweep_from"])
         found = {r.batch_id: r for r in history.rows}
         self.publish(Outcome(notices=skipped_notices(self.source, self.name, history.skipped)))
+        # A batch whose row was listed but unreadable is still running: asking history about
+        # it would take it for ended (vanished when history is off or below FULL).
+        unreadable = {s.batch_id for s in listing.skipped if s.batch_id is not None}
         await _gather_all(self._resolve(batch_id, found.get(batch_id))
-                          for batch_id in outcome.missing)
+                          for batch_id in outcome.missing if batch_id not in unreadable)
         await self._record_unseen(history.rows)
 
     async def _resolve(self, batch_id: str, record: EngineHistoryRecord | None) -> None:

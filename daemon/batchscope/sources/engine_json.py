@@ -7,7 +7,7 @@ skip that row and keep the rest of the page.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from batchscope.model import EngineBatchSnapshot, EngineHistoryRecord, JobCounts
@@ -32,7 +32,7 @@ def parse_engine_date(value: str) -> float:
         raise ValueError(f"unrecognised date {value!r}")
     year, month, day, hour, minute, second, fraction, offset = m.groups()
     micros = int((fraction or "0")[:6].ljust(6, "0"))
-    tz = timezone.utc
+    tz = UTC
     if offset and offset != "Z":
         sign = -1 if offset[0] == "-" else 1
         digits = offset[1:].replace(":", "")

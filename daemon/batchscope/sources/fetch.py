@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -148,7 +147,7 @@ async def get_json(
             resp_headers = resp.headers
     except PollError:
         raise
-    except (TimeoutError, asyncio.TimeoutError) as exc:
+    except TimeoutError as exc:
         raise PollError("timeout", f"no answer within {timeout:g}s") from exc
     except aiohttp.ClientPayloadError as exc:
         raise PollError("invalid_response", f"truncated body: {exc}") from exc

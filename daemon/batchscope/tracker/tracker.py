@@ -15,7 +15,6 @@ from typing import Any
 
 from batchscope.model import (
     DATADOG_BATCH_TYPE,
-    FINISHED_RESULT_STATES,
     BatchTransition,
     CiMetadata,
     CiResult,
@@ -226,10 +225,16 @@ class Tracker:
         daemon was watching: they are recorded without a transition or a count.
         """
         out = Outcome()
-        for hist in records:
+        # Each id is considered once per call: offset paging over a changing list can return
+        # a row twice, and a batch tracked at the start of the call must not come back as
+        # new after an eviction made room for another row of the same listing.
+        rows = list(records)
+        handled = {h.batch_id for h in rows if (Source.ENGINE, target, h.batch_id) in self.records}
+        for hist in rows:
             key = (Source.ENGINE, target, hist.batch_id)
-            if key in self.records or hist.end_time is None:
+            if key in self.records or hist.end_time is None or hist.batch_id in handled:
                 continue
+            handled.add(hist.batch_id)
             start = hist.start_time if hist.start_time is not None else hist.end_time
             total = hist.total_jobs or 0
             rec = TrackedBatch(
@@ -527,7 +532,9 @@ def record_from_dict(data: dict[str, Any]) -> TrackedBatch:
         first_seen=float(data["first_seen"]),
         last_seen=float(data["last_seen"]),
         start_time=data.get("start_time"),
-        progress_since=float(data.get("progress_since") or data["first_seen"]),
+        progress_since=float(
+            data["first_seen"] if data.get("progress_since") is None else data["progress_since"]
+        ),
     )
     if data.get("jobs") is not None:
         rec.jobs = JobCounts(*data["jobs"])
