@@ -387,3 +387,19 @@ def test_state_counts_follow_transitions() -> None:
     assert counts[State.IN_PROGRESS] == 2
     assert counts[State.CANCELLED] == 1
     assert sum(counts.values()) == len(tracker) == 3
+
+
+def test_unchanged_polls_mark_nothing_for_the_store() -> None:
+    """A poll that changes nothing leaves nothing to write; a counter change does."""
+    tracker = new_tracker()
+    tracker.engine_runtime(T, [eng("a"), eng("b")], 0.0, STALL)
+    tracker.take_changes()
+    tracker.engine_runtime(T, [eng("a"), eng("b")], 1.0, STALL)
+    assert tracker.take_changes() == ([], [])
+    tracker.engine_runtime(T, [eng("a", completed=1), eng("b")], 2.0, STALL)
+    assert [r.batch_id for r in tracker.take_changes()[0]] == ["a"]
+    dd_tracker = watched()
+    dd_tracker.datadog_snapshot(DD, dd("in_progress", res("in_progress")), 1.0, 2700.0)
+    dd_tracker.take_changes()
+    dd_tracker.datadog_snapshot(DD, dd("in_progress", res("in_progress")), 2.0, 2700.0)
+    assert dd_tracker.take_changes() == ([], [])

@@ -142,12 +142,16 @@ class Tracker:
             if rec.terminal:
                 continue  # ids are never reused; a late runtime row changes nothing
             rec.last_seen = now
-            if rules.engine_made_progress(rec.jobs, row.jobs):
-                rec.progress_since = now
-            rec.jobs = row.jobs
-            if row.start_time is not None:
-                rec.start_time = row.start_time
-            self.dirty.add(rec.key)
+            # Only real changes are persisted: rewriting 10,000 unchanged rows every poll
+            # would cost megabytes of writes per cycle.
+            if row.jobs != rec.jobs or (row.start_time is not None
+                                        and row.start_time != rec.start_time):
+                if rules.engine_made_progress(rec.jobs, row.jobs):
+                    rec.progress_since = now
+                rec.jobs = row.jobs
+                if row.start_time is not None:
+                    rec.start_time = row.start_time
+                self.dirty.add(rec.key)
             state = rules.engine_runtime_state(row, rec.progress_since, now, stall_after)
             self._transition(rec, state, now, out)
         active = self.active.get((Source.ENGINE, target), {})
@@ -297,10 +301,14 @@ class Tracker:
         if rec is None or rec.terminal:
             return out
         rec.last_seen = now
+        changed = (rec.not_found_since is not None or rec.raw_status != snap.status
+                   or rec.metadata != snap.metadata)
         rec.not_found_since = None
         rec.raw_status = snap.status
         rec.metadata = snap.metadata
+        counts_before = rec.result_counts
         self._apply_results(rec, snap.results, now, out)
+        changed = changed or bool(out.events) or rec.result_counts != counts_before
         state = rules.datadog_batch_state(snap.status, rec.first_seen, now, stall_after)
         if state is None:
             if rec.unknown_status_reported != snap.status:
@@ -312,7 +320,8 @@ class Tracker:
             # A batch never seen before has no previous state to keep: it exists and is
             # not known to be finished, so it is in progress.
             state = rec.state if rec.state is not State.NONE else State.IN_PROGRESS
-        self.dirty.add(rec.key)
+        if changed:
+            self.dirty.add(rec.key)
         duration = now - rec.first_seen if is_terminal(Source.DATADOG, state) else None
         self._transition(rec, state, now, out, duration=duration)
         return out
