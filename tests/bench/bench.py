@@ -1,0 +1,470 @@
+"""Benchmark of batchscope's hot paths at scale (a script, not a test).
+
+    PYTHONPATH=daemon python tests/bench/bench.py [--engine-batches 10000]
+        [--datadog-batches 1000] [--repeat 3] [--json] [--profile PHASE]
+
+The upstreams (the built-in simulator, pre-loaded with batches) run in a subprocess
+(``simproc.py``), so this process's CPU time and RSS are the daemon's alone; the simulator's
+CPU per phase is reported beside it. The daemon side is the real code: a ``Daemon`` built from
+settings (its HTTP server and poll loops are not started), its pollers' ``poll_once`` through the
+real aiohttp clients, the tracker, and ``Daemon.publish`` into the real sinks (JSON log lines
+rendered to /dev/null, metrics, the event ring buffer), plus ``Daemon.persist`` into a real
+SQLite state file. See README.md beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import io
+import os
+import platform
+import pstats
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from batchscope.model import Source
+from batchscope.runtime.daemon import Daemon
+from batchscope.settings import load_settings
+from batchscope.sinks.logs import configure_logging
+
+HERE = Path(__file__).resolve().parent
+TARGET_CYCLE_CPU_S = 1.0
+TARGET_RSS_MB = 150.0
+PHASES = ("engine-first", "engine-steady", "engine-changed", "datadog-first", "datadog-steady",
+          "datadog-changed", "persist-first", "persist-steady", "persist-datadog")
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def vm_status() -> dict[str, float]:
+    """VmHWM (peak RSS) and VmRSS of this process in MiB, from /proc/self/status."""
+    out: dict[str, float] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                out[key] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def written_bytes() -> int:
+    """Bytes this process passed to write() so far (``wchar`` of /proc/self/io)."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def ru_maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+@dataclass
+class Phase:
+    name: str
+    wall_s: float
+    cpu_s: float  # this (daemon) process: all threads, including the state-store thread
+    sim_cpu_s: float  # the simulator subprocess over the same interval
+    events: int  # transition events emitted (tracker seq delta)
+    requests: int  # upstream HTTP requests answered by the simulator
+    peak_rss_mb: float  # ru_maxrss after the phase (monotonic)
+    vm_hwm_mb: float
+    vm_rss_mb: float
+    runs: int = 1
+    note: str = ""
+    samples_cpu_s: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Render:
+    max_batch_series: int
+    fmt: str
+    wall_ms: float
+    cpu_ms: float
+    bytes: int
+    samples: int
+    runs: int
+
+
+class Simulator:
+    """The simproc.py subprocess and its control API."""
+
+    def __init__(self, engine_batches: int, datadog_batches: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "simproc.py"), "--engine-batches", str(engine_batches),
+             "--datadog-batches", str(datadog_batches)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.close()
+            raise SystemExit("simulator subprocess did not start")
+        self.hello: dict[str, Any] = orjson.loads(line)
+        self.control = self.hello["control_url"]
+        self.http: aiohttp.ClientSession | None = None
+
+    async def stats(self) -> dict[str, Any]:
+        if self.http is None:
+            self.http = aiohttp.ClientSession()
+        async with self.http.get(self.control + "/stats") as resp:
+            return dict(await resp.json())
+
+    async def mutate(self, source: str, fraction: float, seed: int) -> dict[str, int]:
+        if self.http is None:
+            self.http = aiohttp.ClientSession()
+        async with self.http.post(f"{self.control}/mutate/{source}",
+                                  params={"fraction": str(fraction), "seed": str(seed)}) as resp:
+            return dict(await resp.json())
+
+    async def aclose(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+        self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.phases: list[Phase] = []
+        self.renders: list[Render] = []
+        self.profiles: dict[str, str] = {}
+        self.peak_by_cap: dict[int, float] = {}  # ru_maxrss after rendering with that cap
+
+    async def measure(self, name: str, action: Callable[[], Awaitable[Any]],
+                      daemon: Daemon, sim: Simulator, *, note: str = "") -> Phase:
+        await sim.stats()  # reset the request counter
+        before = await sim.stats()
+        seq0 = daemon.tracker.seq
+        profiler = cProfile.Profile() if name in self.args.profile else None
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        if profiler is not None:
+            profiler.enable()
+        await action()
+        if profiler is not None:
+            profiler.disable()
+        cpu1, wall1 = time.process_time(), time.perf_counter()
+        after = await sim.stats()
+        if profiler is not None:
+            self.profiles[name] = profile_text(profiler, self.args.profile_lines)
+        vm = vm_status()
+        phase = Phase(
+            name=name, wall_s=wall1 - wall0, cpu_s=cpu1 - cpu0,
+            sim_cpu_s=after["cpu_seconds"] - before["cpu_seconds"],
+            events=daemon.tracker.seq - seq0, requests=after["requests"],
+            peak_rss_mb=ru_maxrss_mb(), vm_hwm_mb=vm.get("VmHWM", 0.0),
+            vm_rss_mb=vm.get("VmRSS", 0.0), note=note,
+        )
+        phase.samples_cpu_s = [phase.cpu_s]
+        return phase
+
+    async def repeated(self, name: str, action: Callable[[], Awaitable[Any]], daemon: Daemon,
+                       sim: Simulator, runs: int, *, note: str = "",
+                       before_each: Callable[[int], Awaitable[Any]] | None = None) -> None:
+        """Run ``runs`` times; keep the run with the median CPU time."""
+        results = []
+        for i in range(runs):
+            if before_each is not None:
+                await before_each(i)
+            results.append(await self.measure(name, action, daemon, sim, note=note))
+        results.sort(key=lambda p: p.cpu_s)
+        chosen = results[len(results) // 2]
+        chosen.runs = runs
+        chosen.samples_cpu_s = sorted(p.cpu_s for p in results)
+        self.phases.append(chosen)
+
+    async def persist_phase(self, name: str, daemon: Daemon, sim: Simulator, when: str) -> None:
+        """``Daemon.persist`` (SQLite state file): rows written and bytes written."""
+        rows = len(daemon.tracker.dirty)
+        wchar = written_bytes()
+        phase = await self.measure(name, daemon.persist, daemon, sim)
+        # The console and JSON logs go to /dev/null and count too, but persist logs nothing.
+        written = (written_bytes() - wchar) / 1e6
+        phase.note = f"{when}: {rows} rows, {written:.1f} MB written"
+        self.phases.append(phase)
+
+    async def run(self) -> None:
+        args = self.args
+        baseline = vm_status().get("VmRSS", 0.0)
+        sim = Simulator(args.engine_batches, args.datadog_batches)
+        try:
+            with tempfile.TemporaryDirectory(prefix="batchscope-bench-") as tmp:
+                await self._run(sim, Path(tmp))
+        finally:
+            await sim.aclose()
+        self.memory = {"baseline_rss_mb": baseline, "ru_maxrss_mb": ru_maxrss_mb(),
+                       **{f"{k}_mb": v for k, v in vm_status().items()}}
+        self.sim_setup = sim.hello["engine_setup"]
+
+    async def _run(self, sim: Simulator, tmp: Path) -> None:
+        args, hello = self.args, sim.hello
+        settings = load_settings(None, environ={}, overrides={
+            "state_path": str(tmp / "state.db"), "http.host": "127.0.0.1",
+            "engines": [{"name": "bench", "url": hello["engine_url"], "request_timeout": 60}],
+            "datadog": [{"name": "ci", "url": hello["datadog_url"], "api_key": hello["api_key"],
+                         "app_key": hello["app_key"], "request_timeout": 60}],
+        })
+        daemon = Daemon(settings)
+        targets = {}
+        for t in (*settings.engines, *settings.datadog):
+            rt = daemon._make_target(t)
+            key = (rt.poller.source, t.name)
+            daemon.targets[key] = rt
+            daemon.metrics.add_target(*key)
+            targets[key[0]] = rt
+        engine = targets[Source.ENGINE].poller
+        datadog = targets[Source.DATADOG].poller
+        try:
+            gc.collect()
+            p = await self.measure("engine-first", engine.poll_once, daemon, sim,
+                                   note=f"{args.engine_batches} first sightings")
+            self.phases.append(p)
+            await self.persist_phase("persist-first", daemon, sim, "after engine-first")
+            await self.repeated("engine-steady", engine.poll_once, daemon, sim, args.repeat,
+                                note="no upstream change")
+            await self.persist_phase("persist-steady", daemon, sim, "after a no-change cycle")
+
+            async def mutate_engine(i: int) -> None:
+                await daemon.persist()
+                await sim.mutate("engine", args.change, seed=100 + i)
+
+            await self.repeated("engine-changed", engine.poll_once, daemon, sim, args.repeat,
+                                note=f"~{args.change:.0%} of batches changed",
+                                before_each=mutate_engine)
+            await daemon.persist()
+
+            for batch_id in hello["datadog_ids"]:
+                daemon.watch("ci", batch_id)
+            p = await self.measure("datadog-first", datadog.poll_once, daemon, sim,
+                                   note=f"{len(hello['datadog_ids'])} watched batches")
+            self.phases.append(p)
+            await daemon.persist()
+            await self.repeated("datadog-steady", datadog.poll_once, daemon, sim, args.repeat,
+                                note="no upstream change")
+            await daemon.persist()
+            await datadog.poll_once()
+            await self.persist_phase("persist-datadog", daemon, sim,
+                                     "after a no-change Datadog round")
+
+            async def mutate_datadog(i: int) -> None:
+                await sim.mutate("datadog", args.change, seed=200 + i)
+
+            await self.repeated("datadog-changed", datadog.poll_once, daemon, sim, args.repeat,
+                                note=f"~{args.change:.0%} of open batches changed",
+                                before_each=mutate_datadog)
+            await daemon.persist()
+            await self._renders(daemon)
+        finally:
+            for rt in daemon.targets.values():
+                await rt.session.close()
+            await daemon.store.close()
+        self.tracked = {
+            "tracked": len(daemon.tracker),
+            "active_engine": len(daemon.tracker.active_for(Source.ENGINE, "bench")),
+            "active_datadog": len(daemon.tracker.active_for(Source.DATADOG, "ci")),
+        }
+
+    async def _renders(self, daemon: Daemon) -> None:
+        """generate_latest() in both formats, then a real ``GET /metrics`` through the
+        daemon's aiohttp app with ``Accept-Encoding: gzip`` as Prometheus sends it (server-side
+        CPU: the handler renders and compresses on the event loop of this process)."""
+        from batchscope.http.app import build_app
+
+        collector = daemon.metrics.collector
+        registry = daemon.metrics.registry
+        runner = web.AppRunner(build_app(daemon), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession(auto_decompress=False) as http:
+                for cap in sorted({500, self.args.engine_batches + self.args.datadog_batches}):
+                    collector.max_batch_series = cap
+                    self._render_cap(registry, cap)
+                    for fmt, accept in (("http text gz", "text/plain"), (
+                            "http om gz", "application/openmetrics-text; version=1.0.0")):
+                        walls, cpus = [], []
+                        size = 0
+                        for _ in range(self.args.render_runs):
+                            w0, c0 = time.perf_counter(), time.process_time()
+                            async with http.get(
+                                f"http://127.0.0.1:{port}/metrics",
+                                headers={"Accept": accept, "Accept-Encoding": "gzip"},
+                            ) as resp:
+                                size = len(await resp.read())
+                                assert resp.headers.get("Content-Encoding") == "gzip"
+                            cpus.append(time.process_time() - c0)
+                            walls.append(time.perf_counter() - w0)
+                        self.renders.append(Render(
+                            max_batch_series=cap, fmt=fmt,
+                            wall_ms=statistics.median(walls) * 1000,
+                            cpu_ms=statistics.median(cpus) * 1000, bytes=size, samples=0,
+                            runs=self.args.render_runs,
+                        ))
+                    self.peak_by_cap[cap] = ru_maxrss_mb()
+        finally:
+            await runner.cleanup()
+            collector.max_batch_series = daemon.settings.max_batch_series
+
+    def _render_cap(self, registry: Any, cap: int) -> None:
+        for fmt, render in (("text", generate_latest), ("openmetrics", generate_openmetrics)):
+            walls, cpus = [], []
+            body = b""
+            for _ in range(self.args.render_runs):
+                w0, c0 = time.perf_counter(), time.process_time()
+                body = render(registry)
+                cpus.append(time.process_time() - c0)
+                walls.append(time.perf_counter() - w0)
+            samples = sum(1 for line in body.splitlines() if line and line[:1] != b"#")
+            self.renders.append(Render(
+                max_batch_series=cap, fmt=fmt, wall_ms=statistics.median(walls) * 1000,
+                cpu_ms=statistics.median(cpus) * 1000, bytes=len(body), samples=samples,
+                runs=self.args.render_runs,
+            ))
+
+    # ----------------------------------------------------------------------- reporting
+
+    def verdicts(self) -> dict[str, Any]:
+        cycle = next(p for p in self.phases if p.name == "engine-first")
+        steady = next(p for p in self.phases if p.name == "engine-steady")
+        changed = next(p for p in self.phases if p.name == "engine-changed")
+        worst = max(cycle.cpu_s, steady.cpu_s, changed.cpu_s)
+        # The default configuration (max_batch_series 500) is what the target is about; the
+        # uncapped render comes last and is reported beside it.
+        peak = self.peak_by_cap.get(500, self.memory["ru_maxrss_mb"])
+        return {
+            "engine_cycle_cpu_s": {"target": TARGET_CYCLE_CPU_S, "first": cycle.cpu_s,
+                                   "steady": steady.cpu_s, "changed": changed.cpu_s,
+                                   "ok": worst < TARGET_CYCLE_CPU_S},
+            "peak_rss_mb": {"target": TARGET_RSS_MB, "value": peak, "ok": peak < TARGET_RSS_MB,
+                            "by_max_batch_series": {str(k): v
+                                                    for k, v in self.peak_by_cap.items()}},
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "config": {"engine_batches": self.args.engine_batches,
+                       "datadog_batches": self.args.datadog_batches,
+                       "repeat": self.args.repeat, "change_fraction": self.args.change,
+                       "python": platform.python_version(), "machine": platform.machine(),
+                       "cpus": os.cpu_count()},
+            "simulator_setup": self.sim_setup,
+            "phases": [asdict(p) for p in self.phases],
+            "metrics_render": [asdict(r) for r in self.renders],
+            "memory": self.memory,
+            "tracker": self.tracked,
+            "targets": self.verdicts(),
+            "profiles": self.profiles,
+        }
+
+    def table(self) -> str:
+        out = io.StringIO()
+        a = self.args
+        out.write(f"batchscope bench: {a.engine_batches} engine batches, {a.datadog_batches} "
+                  f"Datadog batches, Python {platform.python_version()}, "
+                  f"{os.cpu_count()} CPUs\n\n")
+        out.write(f"{'phase':<16}{'wall s':>8}{'cpu s':>8}{'sim cpu':>9}{'events':>8}"
+                  f"{'reqs':>7}{'peakRSS':>9}  note\n")
+        for p in self.phases:
+            runs = f" (median of {p.runs})" if p.runs > 1 else ""
+            out.write(f"{p.name:<16}{p.wall_s:>8.3f}{p.cpu_s:>8.3f}{p.sim_cpu_s:>9.3f}"
+                      f"{p.events:>8}{p.requests:>7}{p.peak_rss_mb:>8.1f}M  {p.note}{runs}\n")
+        out.write(f"\n/metrics render ({self.tracked['tracked']} tracked, "
+                  f"{self.tracked['active_engine']} + {self.tracked['active_datadog']} "
+                  "non-terminal)\n")
+        out.write(f"{'max_batch_series':<18}{'format':<13}{'wall ms':>9}{'cpu ms':>9}"
+                  f"{'bytes':>11}{'samples':>9}\n")
+        for r in self.renders:
+            out.write(f"{r.max_batch_series:<18}{r.fmt:<13}{r.wall_ms:>9.1f}{r.cpu_ms:>9.1f}"
+                      f"{r.bytes:>11}{r.samples or '-':>9}\n")
+        m = self.memory
+        out.write(f"\nmemory: baseline RSS {m['baseline_rss_mb']:.1f} MiB, ru_maxrss "
+                  f"{m['ru_maxrss_mb']:.1f} MiB, VmHWM {m.get('VmHWM_mb', 0):.1f} MiB, "
+                  f"VmRSS at end {m.get('VmRSS_mb', 0):.1f} MiB\n")
+        v = self.verdicts()
+        c, r = v["engine_cycle_cpu_s"], v["peak_rss_mb"]
+        by_cap = ", ".join(f"{v:.1f} MiB after rendering with max_batch_series {k}"
+                           for k, v in sorted(self.peak_by_cap.items()))
+        out.write(f"peak RSS: {by_cap}\n")
+        out.write(f"targets: engine cycle CPU < {c['target']} s: first {c['first']:.3f}, steady "
+                  f"{c['steady']:.3f}, changed {c['changed']:.3f} -> "
+                  f"{'OK' if c['ok'] else 'MISSED'}; peak RSS (max_batch_series 500) < "
+                  f"{r['target']:.0f} MiB: {r['value']:.1f} -> "
+                  f"{'OK' if r['ok'] else 'MISSED'}\n")
+        for name, text in self.profiles.items():
+            out.write(f"\n--- cProfile of {name} (cumulative) ---\n{text}")
+        return out.getvalue()
+
+
+def profile_text(profiler: cProfile.Profile, lines: int) -> str:
+    buf = io.StringIO()
+    stats = pstats.Stats(profiler, stream=buf)
+    stats.sort_stats("tottime").print_stats(lines)
+    return buf.getvalue()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="batchscope benchmark (see README.md)")
+    parser.add_argument("--engine-batches", type=int, default=10_000)
+    parser.add_argument("--datadog-batches", type=int, default=1_000)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of the steady/changed phases (the median is shown)")
+    parser.add_argument("--render-runs", type=int, default=5)
+    parser.add_argument("--change", type=float, default=0.05,
+                        help="fraction of batches changed in the *-changed phases")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument("--profile", action="append", default=[], choices=PHASES,
+                        help="cProfile this phase (repeatable); top functions by own time")
+    parser.add_argument("--profile-lines", type=int, default=30)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    bench = Bench(parse_args(argv))
+    with open(os.devnull, "w") as devnull:
+        # Log lines are rendered in full (JSON, as in production) and thrown away.
+        configure_logging(log_format="json", level="info", stream=devnull)
+        asyncio.run(bench.run())
+    if bench.args.json:
+        sys.stdout.write(orjson.dumps(bench.as_json(), option=orjson.OPT_INDENT_2).decode()
+                         + "\n")
+    else:
+        sys.stdout.write(bench.table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
