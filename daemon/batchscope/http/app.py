@@ -168,6 +168,10 @@ async def add_datadog_batch(request: web.Request) -> web.Response:
     rec = daemon.tracker.get(Source.DATADOG, target, batch_id)
     if rec is None:
         return _error(503, "cannot watch more batches: max_tracked_batches reached")
+    if added and not await daemon.persist():
+        # A CI job treats 201 as a promise that survives a crash; without a commit, say so.
+        # The watch stays in memory and a retry is idempotent.
+        return _error(503, "watching, but the state file could not be written yet; retry")
     return _json(batch_view(rec), 201 if added else 200)
 
 

@@ -255,7 +255,8 @@ class Daemon:
             await self.persist()
             await asyncio.sleep(0.2)  # coalesce bursts of small changes into one commit
 
-    async def persist(self) -> None:
+    async def persist(self) -> bool:
+        """Commit pending changes; False (changes kept for the next attempt) on failure."""
         changed, forgotten = self.tracker.take_changes()
         try:
             await self.store.save(changed, forgotten, self.tracker.seq, self.meta)
@@ -265,6 +266,8 @@ class Daemon:
                 self.tracker.dirty.add(rec.key)
             self.tracker.forgotten.update(forgotten)
             log.exception("state.write_failed", path=self.store.path)
+            return False
+        return True
 
     async def _expiry_loop(self) -> None:
         period = max(1.0, min(60.0, self.settings.retention / 4))

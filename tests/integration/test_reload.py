@@ -1,0 +1,102 @@
+"""SIGHUP: the settings file is re-read; targets start, stop and restart; state is kept."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from batchscope.simulator.datadog import FakeDatadog
+from batchscope.simulator.engine import FakeEngine
+from batchscope.simulator.server import start_simulator
+from harness import free_port
+from helpers import wait_until
+
+DAEMON_DIR = Path(__file__).resolve().parents[2] / "daemon"
+
+
+def config(engine_url: str, datadog_url: str | None, port: int, state: Path) -> str:
+    text = f"""
+poll_interval = 0.05
+state_path = "{state}"
+[http]
+host = "127.0.0.1"
+port = {port}
+[[engines]]
+name = "prod"
+url = "{engine_url}"
+"""
+    if datadog_url:
+        text += f"""
+[[datadog]]
+name = "ci"
+url = "{datadog_url}"
+api_key = "k-123456"
+app_key = "a-123456"
+batch_ids = ["ci-1"]
+"""
+    return text
+
+
+async def test_sighup_adds_removes_and_rejects(tmp_path: Path) -> None:
+    """A real daemon process: SIGHUP with a new target starts it without re-reporting known
+    batches; an invalid file is rejected (logged) and the old settings stay."""
+    engine, datadog = FakeEngine(), FakeDatadog(api_key="k-123456", app_key="a-123456")
+    known = engine.create_batch(total_jobs=3)
+    datadog.create_batch(batch_id="ci-1")
+    datadog.finish("ci-1", "passed")
+    port = free_port()
+    path = tmp_path / "batchscope.toml"
+    async with await start_simulator(engine=engine, datadog=datadog) as sim:
+        path.write_text(config(sim.engine_url, None, port, tmp_path / "state.db"))
+        env = {**os.environ, "PYTHONPATH": str(DAEMON_DIR)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "batchscope", "run", "--config", str(path), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        lines: list[dict[str, object]] = []
+
+        async def read() -> None:
+            assert proc.stdout is not None
+            async for raw in proc.stdout:
+                lines.append(json.loads(raw))
+
+        reader = asyncio.create_task(read())
+
+        def events(name: str) -> list[dict[str, object]]:
+            return [line for line in lines if line["event"] == name]
+
+        try:
+            await wait_until(lambda: any(e["batch_id"] == known
+                                         for e in events("batch.transition")), timeout=20)
+            path.write_text(config(sim.engine_url, sim.datadog_url, port,
+                                   tmp_path / "state.db"))
+            proc.send_signal(signal.SIGHUP)
+            await wait_until(lambda: events("settings.reloaded"), timeout=10)
+            await wait_until(lambda: any(e["batch_id"] == "ci-1" and e["to_state"] == "passed"
+                                         for e in events("batch.transition")), timeout=10)
+            async with aiohttp.ClientSession() as http, http.get(
+                    f"http://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()
+            assert 'batchscope_target_up{source="datadog",target="ci"} 1.0' in text
+
+            path.write_text("poll_interval = -5\n")
+            proc.send_signal(signal.SIGHUP)
+            await wait_until(lambda: events("settings.reload_rejected"), timeout=10)
+            rejected = events("settings.reload_rejected")[0]
+            assert any("poll_interval" in p for p in rejected["problems"])  # type: ignore[union-attr]
+            before = len(events("batch.transition"))
+            engine.fail_jobs(known, 1)  # the old engine target still runs
+            await wait_until(lambda: len(events("batch.transition")) > before, timeout=10)
+            assert [e["batch_id"] for e in events("batch.transition")].count(known) == 2
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 15) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            reader.cancel()
