@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import sys
 import time
 from collections.abc import Sequence
@@ -85,6 +86,10 @@ def _secrets(settings: Settings) -> list[str]:
         values.append(settings.http.api_token.get_secret_value())
     for e in settings.engines:
         values += [s.get_secret_value() for s in (e.password, e.bearer_token) if s is not None]
+        if e.username is not None and e.password is not None:
+            # the Authorization header form, should an upstream ever echo it back
+            pair = f"{e.username}:{e.password.get_secret_value()}".encode()
+            values.append(base64.b64encode(pair).decode())
     for d in settings.datadog:
         values += [s.get_secret_value() for s in (d.api_key, d.app_key) if s is not None]
     return values
@@ -107,18 +112,28 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from batchscope.runtime.daemon import Daemon
+    from batchscope.sinks.logs import register_secrets
     from batchscope.sinks.store import StateError
 
     settings = _load(args)
     _setup_logging(settings)
 
+    def reload() -> Settings:
+        new = _load(args)
+        register_secrets(_secrets(new))
+        return new
+
     async def main() -> None:
         try:
-            daemon = Daemon(settings, reset_state=args.reset_state,
-                            reload=lambda: _load(args))
+            daemon = Daemon(settings, reset_state=args.reset_state, reload=reload)
         except StateError as exc:
-            raise _ConfigExit(str(exc)) from exc
-        await daemon.run_until_signalled()
+            raise _ConfigExit(f"unusable state file: {exc} "
+                              "(use --reset-state to start afresh)") from exc
+        try:
+            await daemon.run_until_signalled()
+        except OSError as exc:  # the HTTP port cannot be bound
+            raise _ConfigExit(f"cannot listen on {settings.http.host}:{settings.http.port}: "
+                              f"{exc.strerror or exc}") from exc
 
     asyncio.run(main())
     return EXIT_OK
@@ -188,8 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"batchscope: invalid configuration: {problem}", file=sys.stderr)
         return EX_CONFIG
     except _ConfigExit as exc:
-        print(f"batchscope: unusable state file: {exc} "
-              "(use --reset-state to start afresh)", file=sys.stderr)
+        print(f"batchscope: {exc}", file=sys.stderr)
         return EX_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK

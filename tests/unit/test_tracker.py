@@ -403,3 +403,33 @@ def test_unchanged_polls_mark_nothing_for_the_store() -> None:
     dd_tracker.take_changes()
     dd_tracker.datadog_snapshot(DD, dd("in_progress", res("in_progress")), 2.0, 2700.0)
     assert dd_tracker.take_changes() == ([], [])
+
+
+def test_rewatch_before_a_save_is_not_lost() -> None:
+    """Unwatch then watch again before the store saves: the record is written, not deleted."""
+    tracker = watched()
+    tracker.take_changes()
+    tracker.datadog_unwatch(DD, "ci-1")
+    tracker.datadog_watch(DD, "ci-1", 5.0)
+    changed, forgotten = tracker.take_changes()
+    assert [r.batch_id for r in changed] == ["ci-1"] and forgotten == []
+
+
+def test_duplicate_result_slots_do_not_flip_flop() -> None:
+    """The same test twice at one location/device: two results, no event on a quiet poll."""
+    tracker = watched()
+    snap = dd("in_progress", res("passed", result_id="r1"), res("failed", result_id="r2"))
+    first = tracker.datadog_snapshot(DD, snap, 1.0, 2700.0)
+    again = tracker.datadog_snapshot(DD, snap, 2.0, 2700.0)
+    assert len([e for e in first.events if isinstance(e, ResultTransition)]) == 2
+    assert again.events == []
+
+
+def test_forget_target_drops_its_records() -> None:
+    """Records of a target that is no longer configured are dropped, others kept."""
+    tracker = new_tracker()
+    tracker.engine_runtime("old", [eng("a", failed=1)], 0.0, STALL)
+    tracker.engine_runtime(T, [eng("b")], 0.0, STALL)
+    assert tracker.forget_target(Source.ENGINE, "old") == 1
+    assert tracker.targets() == {(Source.ENGINE, T)}
+    assert tracker.counts[(Source.ENGINE, "old", State.FAILED)] == 0

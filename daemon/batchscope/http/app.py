@@ -140,8 +140,9 @@ async def add_datadog_batch(request: web.Request) -> web.Response:
     limit = daemon.settings.http.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return _error(413, f"body larger than {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
+    try:
+        raw = await request.read()  # the whole body, however it was split; capped by the app
+    except web.HTTPRequestEntityTooLarge:
         return _error(413, f"body larger than {limit} bytes")
     try:
         body = orjson.loads(raw)

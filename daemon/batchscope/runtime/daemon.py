@@ -74,6 +74,7 @@ class Daemon:
         )
         self.tracker.restore(loaded.records, loaded.seq)
         self.meta: dict[str, Any] = loaded.meta
+        self._reload_lock = asyncio.Lock()
         self.metrics = Metrics(self.tracker, max_batch_series=settings.max_batch_series)
         self.events = EventBuffer()
         self.event_log = EventLog()
@@ -171,11 +172,31 @@ class Daemon:
                 DatadogClient(t, session, on_progress=heartbeat.beat),
                 self.publish, self.clock,
             )
-            for batch_id in t.batch_ids:
-                self.watch(t.name, batch_id)
+            self._watch_configured(t)
         poller.heartbeat = heartbeat
         heartbeat.expect_within(interval)
         return RunningTarget(settings=t, poller=poller, session=session)
+
+    def _watch_configured(self, t: DatadogTarget) -> None:
+        """Watch the target's configured batch ids, each only once ever: an id that ended
+        and was forgotten after `retention` must not be reported again by a restart."""
+        meta = self.meta.setdefault(f"datadog:{t.name}", {})
+        before = set(meta.get("configured", []))
+        configured = []
+        for batch_id in t.batch_ids:
+            if (batch_id in before or self.watch(t.name, batch_id)
+                    or self.tracker.get(Source.DATADOG, t.name, batch_id) is not None):
+                configured.append(batch_id)
+        meta["configured"] = configured
+
+    def _forget_unconfigured(self) -> None:
+        """Drop state of targets that are gone from the settings (their series too)."""
+        configured = set(_targets_by_key(self.settings))
+        for source, target in self.tracker.targets() - configured:
+            dropped = self.tracker.forget_target(source, target)
+            self.meta.pop(f"{source.value}:{target}", None)
+            log.info("target.forgotten", source=source.value, target=target, batches=dropped)
+        self._persist_wanted.set()
 
     def _start_target(self, t: TargetSettings) -> None:
         rt = self._make_target(t)
@@ -294,6 +315,7 @@ class Daemon:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else http.port
+        self._forget_unconfigured()
         targets: list[TargetSettings] = [*self.settings.engines, *self.settings.datadog]
         for t in targets:
             self._start_target(t)
@@ -321,10 +343,14 @@ class Daemon:
 
     async def reload(self) -> None:
         """SIGHUP: apply a re-read settings file; an invalid one keeps the old settings."""
-        if self._reload is None:
+        if self._reload is None or self.stop_event.is_set():
             return
+        async with self._reload_lock:  # two SIGHUPs in a row apply one after the other
+            await self._apply_reload(self._reload)
+
+    async def _apply_reload(self, load: Callable[[], Settings]) -> None:
         try:
-            new = self._reload()
+            new = load()
         except Exception as exc:
             problems = getattr(exc, "problems", [str(exc)])
             log.error("settings.reload_rejected", problems=problems)
@@ -333,16 +359,21 @@ class Daemon:
         wanted = _targets_by_key(new)
         self.settings = new
         for key, t in old.items():
-            if key not in wanted or wanted[key] != t:
+            if (key not in wanted or wanted[key] != t) and key in self.targets:
                 await self._stop_target(key, new.shutdown_timeout)
+        self._forget_unconfigured()
         for key, t in wanted.items():
-            if key not in self.targets:
+            if key not in self.targets and not self.stop_event.is_set():
                 self._start_target(t)
         log.info("settings.reloaded", targets=[f"{s.value}:{n}" for s, n in self.targets])
 
     async def stop(self) -> None:
         self.stop_event.set()
         self.notifier.stopping()
+        async with self._reload_lock:  # a reload in progress finishes first
+            await self._stop_all()
+
+    async def _stop_all(self) -> None:
         timeout = self.settings.shutdown_timeout
         tasks = [rt.task for rt in self.targets.values() if rt.task is not None]
         if tasks:
@@ -350,7 +381,7 @@ class Daemon:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        for rt in self.targets.values():
+        for rt in list(self.targets.values()):
             await rt.session.close()
         for task in self._background:
             task.cancel()

@@ -38,8 +38,13 @@ class _Redactor:
     """Replaces known secret values in rendered lines."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
+        self.secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
         # Longest first, so a secret containing another is replaced whole.
-        self.secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        known = {*self.secrets, *(s for s in secrets if len(s) >= 4)}
+        self.secrets = sorted(known, key=len, reverse=True)
 
     def __call__(self, line: str) -> str:
         for secret in self.secrets:
@@ -80,7 +85,8 @@ def configure_logging(
     out = stream if stream is not None else sys.stdout
     if log_format is None:
         log_format = "console" if out.isatty() else "json"
-    redact = _Redactor(secrets)
+    global _redactor
+    redact = _redactor = _Redactor(secrets)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -101,6 +107,14 @@ def configure_logging(
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+
+
+_redactor = _Redactor(())
+
+
+def register_secrets(secrets: Iterable[str]) -> None:
+    """Add secret values (e.g. from reloaded settings) to what every log line hides."""
+    _redactor.add(secrets)
 
 
 def get_logger() -> Any:

@@ -286,6 +286,17 @@ class Tracker:
         )
         return self._admit(rec, out), out
 
+    def forget_target(self, source: Source, target: str) -> int:
+        """Drop every record of a target that is no longer configured."""
+        keys = [k for k in self.records if k[0] is source and k[1] == target]
+        for key in keys:
+            self._forget(key)
+        self.active.pop((source, target), None)
+        return len(keys)
+
+    def targets(self) -> set[tuple[Source, str]]:
+        return {(k[0], k[1]) for k in self.records}
+
     def datadog_unwatch(self, target: str, batch_id: str) -> bool:
         key = (Source.DATADOG, target, batch_id)
         if key not in self.records:
@@ -330,8 +341,15 @@ class Tracker:
         self, rec: TrackedBatch, results: tuple[CiResult, ...], now: float, out: Outcome
     ) -> None:
         passed = failed = in_progress = 0
+        seen: set[ResultKey] = set()
         for result in results:
-            slot = rec.results.get(result.key)
+            key = result.key
+            while key in seen:
+                # The same test triggered twice at one location and device: keep the
+                # entries apart by position instead of letting them overwrite each other.
+                key = (key[0], key[1], key[2] + "#")
+            seen.add(key)
+            slot = rec.results.get(key)
             state = rules.ci_result_state(result.status)
             if state is None:
                 state = slot.state if slot is not None else ResultState.IN_PROGRESS
@@ -342,7 +360,7 @@ class Tracker:
             elif state is ResultState.IN_PROGRESS:
                 in_progress += 1
             if slot is None:
-                rec.results[result.key] = ResultSlot(state, result.result_id, result.retries)
+                rec.results[key] = ResultSlot(state, result.result_id, result.retries)
                 self._emit_result(rec, result, ResultState.NONE, state, now, out)
                 continue
             new_attempt = (
@@ -439,6 +457,7 @@ class Tracker:
         self.counts[(rec.source, rec.target, rec.state)] += 1
         self._index(rec)
         self.dirty.add(rec.key)
+        self.forgotten.discard(rec.key)  # forgotten and re-added before a save: keep it
         return True
 
     def _index(self, rec: TrackedBatch) -> None:
