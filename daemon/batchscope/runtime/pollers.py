@@ -30,6 +30,8 @@ Clock = Callable[[], float]
 # rows become visible in end-time order only roughly (commit order differs).
 SWEEP_OVERLAP = 120.0
 
+TARGET_WIDE_REASONS = frozenset({"auth", "connection", "timeout", "rate_limited"})
+
 
 @dataclass(slots=True)
 class Heartbeat:
@@ -122,13 +124,39 @@ class EnginePoller(TargetPoller):
         # A batch whose row was listed but unreadable is still running: asking history about
         # it would take it for ended (vanished when history is off or below FULL).
         unreadable = {s.batch_id for s in listing.skipped if s.batch_id is not None}
-        await _gather_all(self._resolve(batch_id, found.get(batch_id))
-                          for batch_id in outcome.missing if batch_id not in unreadable)
+        missing = [b for b in outcome.missing if b not in unreadable]
+        results = await asyncio.gather(
+            *(self._resolve(batch_id, found.get(batch_id)) for batch_id in missing),
+            return_exceptions=True,
+        )
+        self._tolerate_some(missing, results, "/history/batch/{id}")
         await self._record_unseen(history.rows)
+
+    def _tolerate_some(self, batch_ids: list[str], results: list[Any], endpoint: str) -> None:
+        """Per-batch lookups that failed are retried next cycle and logged; only when all of
+        them failed is the target itself in trouble."""
+        failures = [(b, r) for b, r in zip(batch_ids, results, strict=True)
+                    if isinstance(r, BaseException)]
+        if not failures:
+            return
+        if len(failures) == len(batch_ids):
+            raise failures[0][1]
+        self.publish(Outcome(notices=[
+            Notice("upstream.lookup_failed", "warning", {
+                "source": self.source.value, "target": self.name, "batch_id": batch_id,
+                "endpoint": endpoint, "error": str(error),
+            })
+            for batch_id, error in failures
+        ]))
 
     async def _resolve(self, batch_id: str, record: EngineHistoryRecord | None) -> None:
         if record is None:
             record = await self.client.history_record(batch_id)
+            # A batch can be missing from one paged listing while still running (a batch
+            # that ended meanwhile shifted the pages); with no history row to prove its end,
+            # ask the runtime before calling it vanished.
+            if record is None and await self.client.still_running(batch_id):
+                return
         if record is not None:
             record = await self.client.with_delete_evidence(record)
         self.publish(self.tracker.engine_resolve(self.name, batch_id, record, self.clock()))
@@ -179,11 +207,33 @@ class DatadogPoller(TargetPoller):
         super().__init__(target.name, interval, tracker, publish, clock)
         self.target = target
         self.client = client
+        self._failing: dict[str, str] = {}  # batch id -> reason, logged once per change
 
     async def poll_once(self) -> None:
         # Terminal batches have left the active index: they are never polled again.
         batch_ids = list(self.tracker.active_for(self.source, self.name))
-        await _gather_all(self._poll_batch(batch_id) for batch_id in batch_ids)
+        results = await asyncio.gather(*(self._poll_batch(b) for b in batch_ids),
+                                       return_exceptions=True)
+        failures = [(b, r) for b, r in zip(batch_ids, results, strict=True)
+                    if isinstance(r, BaseException)]
+        # Credentials, the network or the rate limit concern the whole target; one batch
+        # answering garbage or 5xx must not mark the target down or slow the others.
+        for _, error in failures:
+            if not isinstance(error, PollError) or error.reason in TARGET_WIDE_REASONS:
+                raise error
+        if failures and len(failures) == len(batch_ids):
+            raise failures[0][1]
+        errors = {b: r for b, r in failures if isinstance(r, PollError)}
+        newly = [b for b, r in errors.items() if self._failing.get(b) != r.reason]
+        self._failing = {b: r.reason for b, r in errors.items()}
+        if newly:
+            self.publish(Outcome(notices=[
+                Notice("datadog.batch_error", "warning", {
+                    "target": self.name, "batch_id": b, "reason": errors[b].reason,
+                    "error": errors[b].detail,
+                })
+                for b in newly
+            ]))
 
     async def _poll_batch(self, batch_id: str) -> None:
         parsed = await self.client.batch(batch_id)

@@ -168,7 +168,10 @@ class DatadogClient:
         """The batch, or None while Datadog answers 404 for it."""
         async with self._slots:
             while (wait := self.pacer.delay(time.monotonic())) > 0:
-                await asyncio.sleep(wait)
+                # Waiting for the rate-limit window is progress, not a wedged loop.
+                if self._on_progress is not None:
+                    self._on_progress()
+                await asyncio.sleep(min(wait, 1.0))
             try:
                 response = await get_json(
                     self._session,
@@ -182,6 +185,7 @@ class DatadogClient:
                 return None
             except PollError as exc:
                 if exc.rate_limit is not None:
+                    self.rate_limit = exc.rate_limit
                     self.pacer.update(exc.rate_limit, time.monotonic())
                 if exc.reason == "rate_limited":
                     self.pacer.blocked_for(exc.retry_after, time.monotonic())

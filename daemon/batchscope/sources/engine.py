@@ -164,6 +164,15 @@ class EngineClient:
         except BadRow as exc:
             raise PollError("invalid_response", f"/history/batch/{batch_id}: {exc}") from exc
 
+    async def still_running(self, batch_id: str) -> bool:
+        """Whether the runtime still has the batch (``GET /batch/{id}`` is not 404)."""
+        async with self._lookups:
+            try:
+                await self._get(f"/batch/{quote(batch_id, safe='')}")
+            except NotFound:
+                return False
+        return True
+
     async def was_deleted(self, batch_id: str) -> bool:
         """Whether the user-operation log records a Delete (cancel) of the batch."""
         params = {
