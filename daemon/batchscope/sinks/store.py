@@ -23,6 +23,11 @@ from batchscope.tracker.tracker import record_from_dict, record_to_dict
 SCHEMA_VERSION = 1
 MEMORY = ":memory:"
 
+#: Event numbers reserved ahead of the last commit. Events are logged before the commit that
+#: records their ``seq``, so after a kill -9 the next process continues above the reservation
+#: instead of giving logged numbers to other events. A clean close releases it (no gap).
+SEQ_RESERVE = 10_000
+
 
 class StateError(Exception):
     """The state file cannot be used (corrupt, newer version, unreadable)."""
@@ -40,6 +45,8 @@ class StateStore:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-store")
         self._conn: sqlite3.Connection | None = None
+        self._reserved = 0  # seq numbers up to here are reserved in the file
+        self._saved_seq: int | None = None  # seq of the last successful write, if it was
 
     @property
     def persistent(self) -> bool:
@@ -80,8 +87,11 @@ class StateStore:
             conn.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+            committed = int(rows.get("seq", 0))
+            start = max(committed, int(rows.get("seq_reserved", committed)))
+            self._reserve(conn, start + SEQ_RESERVE)
             state = LoadedState(
-                seq=int(rows.get("seq", 0)),
+                seq=start,
                 meta=orjson.loads(rows["meta"]) if "meta" in rows else {},
             )
             for (data,) in conn.execute("SELECT data FROM batches"):
@@ -118,13 +128,26 @@ class StateStore:
             conn.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('meta', ?)", (orjson.dumps(meta).decode(),)
             )
+            reserved = max(self._reserved, seq + SEQ_RESERVE)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?)",
+                         (str(reserved),))
             conn.execute("COMMIT")
         except BaseException:
+            self._saved_seq = None
             conn.execute("ROLLBACK")
             raise
+        self._reserved = reserved
+        self._saved_seq = seq
+
+    def _reserve(self, conn: sqlite3.Connection, upto: int) -> None:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('seq_reserved', ?)", (str(upto),))
+        self._reserved = upto
 
     def _close(self) -> None:
         if self._conn is not None:
+            if self._saved_seq is not None:
+                # Everything logged was committed by the last write: release the reservation.
+                self._reserve(self._conn, self._saved_seq)
             self._conn.close()
             self._conn = None
 
@@ -133,6 +156,18 @@ class StateStore:
     def open_blocking(self, *, reset: bool = False) -> LoadedState:
         """Open (and load) on the calling thread: used once at start-up."""
         return self._executor.submit(self._open, reset).result()
+
+    @property
+    def reserved_seq(self) -> int:
+        """Event numbers up to this one may be published without another commit."""
+        return self._reserved
+
+    def reserve_seq_blocking(self, upto: int) -> None:
+        """Reserve event numbers up to ``upto`` now, before events beyond
+        :attr:`reserved_seq` are published (a burst larger than SEQ_RESERVE)."""
+        if self._conn is not None and upto > self._reserved:
+            conn = self._conn
+            self._executor.submit(self._reserve, conn, upto).result()
 
     async def save(
         self,
@@ -149,6 +184,7 @@ class StateStore:
         )
 
     async def close(self) -> None:
+        """Close the file; call after a final :meth:`save` of everything published."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._close)
         self._executor.shutdown(wait=True)
