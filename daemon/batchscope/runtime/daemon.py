@@ -28,7 +28,7 @@ from batchscope.settings import DatadogTarget, EngineTarget, Settings
 from batchscope.sinks.events import EventBuffer
 from batchscope.sinks.logs import EventLog, get_logger
 from batchscope.sinks.metrics import Metrics
-from batchscope.sinks.store import StateStore
+from batchscope.sinks.store import SEQ_RESERVE, StateStore
 from batchscope.sources.datadog import DatadogClient
 from batchscope.sources.engine import EngineClient
 from batchscope.sources.fetch import PollError
@@ -92,6 +92,11 @@ class Daemon:
         """Hand a tracker outcome to every sink. Synchronous: no await between the tracker
         change and its metrics, so a scrape sees a consistent picture."""
         if outcome.events:
+            # Sequence numbers logged beyond the store's reservation would be handed out
+            # again after a crash: reserve further first (one small commit per 10,000).
+            last_seq = outcome.events[-1].seq
+            if self.store.persistent and last_seq > self.store.reserved_seq:
+                self.store.reserve_seq_blocking(last_seq + SEQ_RESERVE)
             self.event_log.events(outcome.events)
             self.metrics.observe(outcome.events)
             self.events.extend(outcome.events)

@@ -109,18 +109,18 @@ class EnginePoller(TargetPoller):
         meta.setdefault("watermark", clock())
         meta.setdefault("sweep_from", meta["watermark"] - SWEEP_OVERLAP)
         meta.setdefault("recent", {})
+        self._skips: set[tuple[str, str | None, str]] = set()
 
     async def poll_once(self) -> None:
         listing = await self.client.runtime_batches()
         outcome = self.tracker.engine_runtime(
             self.name, listing.rows, self.clock(), self.target.stall_after
         )
-        outcome.notices.extend(skipped_notices(self.source, self.name, listing.skipped))
         self.publish(outcome)
 
         history = await self.client.finished_since(self.meta["sweep_from"])
         found = {r.batch_id: r for r in history.rows}
-        self.publish(Outcome(notices=skipped_notices(self.source, self.name, history.skipped)))
+        self.publish(Outcome(notices=self._new_skips([*listing.skipped, *history.skipped])))
         # A batch whose row was listed but unreadable is still running: asking history about
         # it would take it for ended (vanished when history is off or below FULL).
         unreadable = {s.batch_id for s in listing.skipped if s.batch_id is not None}
@@ -131,6 +131,13 @@ class EnginePoller(TargetPoller):
         )
         self._tolerate_some(missing, results, "/history/batch/{id}")
         await self._record_unseen(history.rows)
+
+    def _new_skips(self, skipped: list[SkippedRow]) -> list[Notice]:
+        """Unreadable rows, each logged when it first appears, not on every poll."""
+        current = {(s.endpoint, s.batch_id, s.error): s for s in skipped}
+        new = [s for key, s in current.items() if key not in self._skips]
+        self._skips = set(current)
+        return skipped_notices(self.source, self.name, new)
 
     def _tolerate_some(self, batch_ids: list[str], results: list[Any], endpoint: str) -> None:
         """Per-batch lookups that failed are retried next cycle and logged; only when all of
