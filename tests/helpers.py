@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 
@@ -29,15 +29,27 @@ class LogLines:
         ]
 
 
-async def wait_until(condition: Callable[[], Any], timeout: float = 10.0,
-                     what: str = "condition") -> Any:
-    """Poll `condition` until it returns something truthy, failing after `timeout` seconds."""
+async def eventually(probe: Callable[[], Awaitable[Any]], timeout: float = 10.0,
+                     what: str = "condition", *, interval: float = 0.02) -> Any:
+    """Await ``probe()`` every ``interval`` s until it returns something truthy (returned),
+    failing after ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        value = condition()
+        value = await probe()
         if value:
             return value
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what} (last: {value!r})")
+        await asyncio.sleep(interval)
+
+
+async def wait_until(condition: Callable[[], Any], timeout: float = 10.0,
+                     what: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy, failing after `timeout` seconds."""
+
+    async def probe() -> Any:
+        return condition()
+
+    return await eventually(probe, timeout, what, interval=0.01)

@@ -4,57 +4,28 @@ it is skipped."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-# The tests import e2e_support.py from this folder; pyproject's pytest `pythonpath` does not
-# list tests/e2e (and --import-mode=importlib does not add test folders to sys.path).
-if str(Path(__file__).parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).parent))
-
-from batchscope.runtime.daemon import Daemon
-from batchscope.simulator.datadog import FakeDatadog
-from batchscope.simulator.engine import FakeEngine
-from batchscope.simulator.server import start_simulator
-from e2e_support import (
-    API_KEY,
-    APP_KEY,
-    PrometheusServer,
-    Stack,
-    require_tool,
-    stack_settings,
-)
+from e2e_support import PrometheusServer, require_tool, stack_settings
+from harness import Stack, running_simulator, serving
 
 
 @pytest.fixture
 async def stack_factory() -> AsyncIterator[Callable[..., Any]]:
     """``await stack_factory(engines=[...], **settings)`` -> a started :class:`Stack`."""
-    started: list[Stack] = []
+    async with AsyncExitStack() as exits:
 
-    async def make(**kwargs: Any) -> Stack:
-        sim = await start_simulator(
-            engine=FakeEngine(), datadog=FakeDatadog(api_key=API_KEY, app_key=APP_KEY)
-        )
-        try:
-            daemon = Daemon(stack_settings(sim, **kwargs))
-            await daemon.start()
-        except BaseException:
-            await sim.close()
-            raise
-        stack = Stack(sim, daemon, aiohttp.ClientSession())
-        started.append(stack)
-        return stack
+        async def make(**kwargs: Any) -> Stack:
+            sim = await exits.enter_async_context(running_simulator())
+            return await exits.enter_async_context(
+                serving(sim, stack_settings(sim, **kwargs), Stack))
 
-    yield make
-    for stack in started:
-        await stack.http.close()
-        await stack.daemon.stop()
-        await stack.sim.close()
+        yield make
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Helpers of the end-to-end tests: a daemon wired to the simulator in-process, a real
-Prometheus server, and the external-tool policy (required under CI, skipped elsewhere)."""
+"""Helpers of the end-to-end tests: the settings of a daemon wired to the simulator in-process
+(the stack itself is harness.py's), a real Prometheus server, and the external-tool policy
+(required under CI, skipped elsewhere)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,17 +18,14 @@ import aiohttp
 import pytest
 import yaml
 
-from batchscope.runtime.daemon import Daemon
-from batchscope.settings import Settings, load_settings
-from batchscope.simulator.datadog import FakeDatadog
-from batchscope.simulator.engine import FakeEngine
+from batchscope.settings import Settings
 from batchscope.simulator.server import RunningSimulator
+from harness import datadog_target, engine_target, free_port, make_settings
+from helpers import eventually
 
-API_KEY = "s3cr3t-api-key"
-APP_KEY = "s3cr3t-app-key"
-TOKEN = "s3cr3t-token"
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "batchscope-rules.yml"
+POLL_INTERVAL = 0.2  # the daemon's, for both targets
 
 
 def require_tool(name: str) -> str:
@@ -42,71 +39,25 @@ def require_tool(name: str) -> str:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_for(condition: Callable[[], Any], *, timeout: float, what: str,
+async def wait_for(condition: Callable[[], Awaitable[Any]], *, timeout: float, what: str,
                    interval: float = 0.2) -> Any:
-    """Await ``condition()`` (a coroutine function) until truthy; fail after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while True:
-        last = await condition()
-        if last:
-            return last
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-        await asyncio.sleep(interval)
+    """``helpers.eventually``, at a pace that suits asking Prometheus."""
+    return await eventually(condition, timeout, what, interval=interval)
 
 
 # --------------------------------------------------------------------------- daemon
 
 
-@dataclass
-class Stack:
-    sim: RunningSimulator
-    daemon: Daemon
-    http: aiohttp.ClientSession
-
-    @property
-    def engine(self) -> FakeEngine:
-        return self.sim.engine
-
-    @property
-    def datadog(self) -> FakeDatadog:
-        return self.sim.datadog
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.daemon.http_port}"
-
-    async def watch(self, batch_id: str) -> None:
-        async with self.http.post(
-            self.base + "/api/v1/datadog/batches", json={"batch_id": batch_id},
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        ) as resp:
-            assert resp.status == 201, await resp.text()
-
-
 def stack_settings(sim: RunningSimulator, engines: list[dict[str, Any]] | None = None,
                    **overrides: Any) -> Settings:
-    engine_defaults = {"url": sim.engine_url, "poll_interval": 0.2, "request_timeout": 2,
-                       "page_size": 50}
-    engines = engines or [{"name": "prod"}]
-    values: dict[str, Any] = {
-        "state_path": ":memory:", "http.host": "127.0.0.1", "http.port": free_port(),
-        "http.api_token": TOKEN, "retention": 3600, "shutdown_timeout": 2,
-        "engines": [{**engine_defaults, **e} for e in engines],
-        "datadog": [{"name": "ci", "url": sim.datadog_url, "api_key": API_KEY,
-                     "app_key": APP_KEY, "poll_interval": 0.2, "request_timeout": 2,
-                     "not_found_grace": 0.5}],
-    }
-    values.update(overrides)
-    return load_settings(None, overrides=values, environ={})
+    """``engines`` (each a target's overrides; default one named "prod") and a Datadog target
+    "ci" on ``sim``, polled every ``POLL_INTERVAL``; ``overrides`` change the settings."""
+    return make_settings(
+        [engine_target(sim.engine_url, **{"poll_interval": POLL_INTERVAL, **e})
+         for e in engines or [{}]],
+        [datadog_target(sim.datadog_url, poll_interval=POLL_INTERVAL)],
+        **overrides,
+    )
 
 
 # --------------------------------------------------------------------------- prometheus

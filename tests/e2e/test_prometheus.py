@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from batchscope.model import Source, State
-from e2e_support import RULES, PrometheusServer, Stack, require_tool, wait_for
+from e2e_support import RULES, PrometheusServer, require_tool, wait_for
+from harness import Stack
 
 pytestmark = pytest.mark.slow
 

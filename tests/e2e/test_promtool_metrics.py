@@ -23,7 +23,8 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from batchscope.model import Source, State
-from e2e_support import Stack, require_tool, run_tool
+from e2e_support import require_tool, run_tool
+from harness import Stack
 from helpers import wait_until
 
 pytestmark = pytest.mark.slow

@@ -24,17 +24,9 @@ from batchscope.simulator.datadog import FakeDatadog
 from batchscope.simulator.engine import FakeEngine
 from batchscope.simulator.faults import FaultInjector
 from batchscope.simulator.server import start_simulator
-from helpers import LogLines, wait_until
-from reliability_kit import (
-    API_KEY,
-    APP_KEY,
-    DATADOG,
-    ENGINE,
-    Stack,
-    eventually,
-    free_port,
-    running_stack,
-)
+from harness import API_KEY, APP_KEY, DATADOG, ENGINE, free_port
+from helpers import LogLines, eventually, wait_until
+from reliability_kit import Stack, running_stack
 
 STATISTICS = "/batch/statistics"
 CI_BATCH = "/api/v1/synthetics/ci/batch/"

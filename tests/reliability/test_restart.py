@@ -34,7 +34,7 @@ import pytest
 
 from batchscope.simulator.engine import FakeEngine
 from batchscope.simulator.server import RunningSimulator, start_simulator
-from reliability_kit import API_KEY, APP_KEY, TOKEN, free_port, new_datadog
+from harness import API_KEY, APP_KEY, TOKEN, free_port, new_datadog
 
 DAEMON_DIR = Path(__file__).resolve().parents[2] / "daemon"
 EX_CONFIG = 78

@@ -12,42 +12,16 @@ from batchscope.model import (
     DatadogBatchSnapshot,
     EngineBatchSnapshot,
     EngineHistoryRecord,
-    JobCounts,
     ResultState,
     ResultTransition,
     Source,
     State,
 )
 from batchscope.tracker import Tracker
+from tracker_builders import dd, eng, hist, res
 
 T = "prod"
 STALL = 100.0
-
-
-def eng(
-    batch_id: str = "b1",
-    *,
-    completed: int = 0,
-    total: int = 10,
-    created: int | None = None,
-    failed: int = 0,
-    suspended: bool = False,
-    start: float | None = None,
-) -> EngineBatchSnapshot:
-    return EngineBatchSnapshot(
-        batch_id=batch_id,
-        batch_type="instance-migration",
-        jobs=JobCounts(total=total, created=total if created is None else created,
-                       completed=completed, remaining=total - completed, failed=failed),
-        suspended=suspended,
-        start_time=start,
-    )
-
-
-def hist(batch_id: str = "b1", *, start: float | None = 0.0, end: float | None = 50.0,
-         deleted: bool = False) -> EngineHistoryRecord:
-    return EngineHistoryRecord(batch_id=batch_id, batch_type="instance-migration",
-                               total_jobs=10, start_time=start, end_time=end, deleted=deleted)
 
 
 def transitions(events: list[object]) -> list[tuple[str, str]]:
@@ -209,16 +183,6 @@ def test_targets_are_independent() -> None:
 # ------------------------------------------------------------------------------ datadog
 
 DD = "datadog"
-
-
-def dd(status: str, *results: CiResult) -> DatadogBatchSnapshot:
-    return DatadogBatchSnapshot(batch_id="ci-1", status=status, results=results)
-
-
-def res(status: str, *, result_id: str = "r1", retries: int | None = None,
-        test: str = "abc-def-ghi") -> CiResult:
-    return CiResult(test_public_id=test, status=status, location="aws:eu-central-1",
-                    device="chrome.laptop_large", result_id=result_id, retries=retries)
 
 
 def watched(now: float = 0.0) -> Tracker:

@@ -29,11 +29,9 @@ from hypothesis import strategies as st
 
 from batchscope.model import (
     BatchTransition,
-    CiResult,
     DatadogBatchSnapshot,
     EngineBatchSnapshot,
     EngineHistoryRecord,
-    JobCounts,
     ResultState,
     ResultTransition,
     Source,
@@ -42,6 +40,7 @@ from batchscope.model import (
 )
 from batchscope.tracker import Key, Outcome, Tracker
 from batchscope.tracker.tracker import record_from_dict, record_to_dict
+from tracker_builders import dd, eng, hist, res
 
 T = "prod"
 STALL = 100.0
@@ -121,18 +120,12 @@ class UpstreamBatch:
     suspended: bool = False
 
     def snapshot(self, batch_id: str) -> EngineBatchSnapshot:
-        return EngineBatchSnapshot(
-            batch_id=batch_id, batch_type="instance-migration",
-            jobs=JobCounts(total=self.total, created=self.created, completed=self.completed,
-                           remaining=self.total - self.completed, failed=self.failed),
-            suspended=self.suspended, start_time=START - 10,
-        )
+        return eng(batch_id, total=self.total, created=self.created, completed=self.completed,
+                   failed=self.failed, suspended=self.suspended, start=START - 10)
 
 
 def history_record(batch_id: str, end: float | None, deleted: bool) -> EngineHistoryRecord:
-    return EngineHistoryRecord(batch_id=batch_id, batch_type="instance-migration",
-                               total_jobs=10, start_time=START - 10, end_time=end,
-                               deleted=deleted)
+    return hist(batch_id, start=START - 10, end=end, deleted=deleted)
 
 
 @dataclass
@@ -143,11 +136,10 @@ class UpstreamCiBatch:
     results: dict[str, tuple[str, str, int | None]] = field(default_factory=dict)
 
     def snapshot(self, batch_id: str) -> DatadogBatchSnapshot:
-        return DatadogBatchSnapshot(batch_id=batch_id, status=self.status, results=tuple(
-            CiResult(test_public_id=test, status=status, location="aws:eu-central-1",
-                     result_id=result_id, retries=retries)
+        return dd(self.status, *(
+            res(status, test=test, device="", result_id=result_id, retries=retries)
             for test, (status, result_id, retries) in self.results.items()
-        ))
+        ), batch_id=batch_id)
 
 
 # --------------------------------------------------------------------------- the checker
