@@ -150,7 +150,7 @@ class Daemon:
     # ------------------------------------------------------------------ targets
 
     def _make_target(self, t: TargetSettings) -> RunningTarget:
-        interval = t.poll_interval if t.poll_interval is not None else self.settings.poll_interval
+        interval = self.settings.interval_for(t)
         # Every completed request counts as progress, so a long cycle over many pages is
         # not mistaken for a wedged loop; a request may take up to request_timeout.
         grace = self._heartbeat_grace
@@ -236,8 +236,7 @@ class Daemon:
                 error = classify_unexpected(exc)
             elapsed = time.monotonic() - started
             poller.heartbeat.attempts += 1
-            client = getattr(poller, "client", None)
-            rate_limit = getattr(client, "rate_limit", None)
+            rate_limit = poller.rate_limit
             if rate_limit is not None:
                 self.metrics.rate_limit(source, name, rate_limit.remaining)
             if error is None:
@@ -245,15 +244,14 @@ class Daemon:
                 self.metrics.poll_succeeded(source, name, elapsed, self.clock())
                 if rt.up is not True:
                     if rt.up is False:
-                        log.info("target.up", source=source.value, target=name)
+                        self.event_log.target_up(source.value, name)
                     rt.up = True
                 delay = poller.interval
             else:
                 failures += 1
                 self.metrics.poll_failed(source, name, error.reason, elapsed)
                 if rt.up is not False:
-                    log.warning("target.down", source=source.value, target=name,
-                                reason=error.reason, error=error.detail)
+                    self.event_log.target_down(source.value, name, error.reason, error.detail)
                     rt.up = False
                 delay = backoff_delay(poller.interval, failures, error.retry_after)
             self._persist_wanted.set()
@@ -315,11 +313,8 @@ class Daemon:
         http = self.settings.http
         self._runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, http.host, http.port)
-        await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else http.port
+        await web.TCPSite(self._runner, http.host, http.port).start()
+        self.http_port = int(self._runner.addresses[0][1])
         self._forget_unconfigured()
         targets: list[TargetSettings] = [*self.settings.engines, *self.settings.datadog]
         for t in targets:

@@ -39,15 +39,11 @@ class _Round:
         self.log.events(outcome.events)
         self.log.notices(outcome.notices)
 
-    def _interval(self, t: EngineTarget | DatadogTarget) -> float:
-        return t.poll_interval if t.poll_interval is not None else self.settings.poll_interval
-
-    def add_engine(self, t: EngineTarget, watermark: float | None = None) -> EnginePoller:
+    def add_engine(self, t: EngineTarget) -> EnginePoller:
         session = aiohttp.ClientSession()
         self._sessions.append(session)
-        meta: dict[str, Any] = {} if watermark is None else {"watermark": watermark}
-        poller = EnginePoller(t, self._interval(t), self.tracker, EngineClient(t, session),
-                              self.publish, time.time, meta)
+        poller = EnginePoller(t, self.settings.interval_for(t), self.tracker,
+                              EngineClient(t, session), self.publish, time.time, {})
         self.pollers.append(poller)
         return poller
 
@@ -56,8 +52,8 @@ class _Round:
         self._sessions.append(session)
         for batch_id in batch_ids:
             self.tracker.datadog_watch(t.name, batch_id, time.time())
-        poller = DatadogPoller(t, self._interval(t), self.tracker, DatadogClient(t, session),
-                               self.publish, time.time)
+        poller = DatadogPoller(t, self.settings.interval_for(t), self.tracker,
+                               DatadogClient(t, session), self.publish, time.time)
         self.pollers.append(poller)
         return poller
 
@@ -78,8 +74,7 @@ async def poll_once(settings: Settings) -> tuple[list[dict[str, Any]], bool]:
             if isinstance(result, BaseException):
                 failed = True
                 reason = result.reason if isinstance(result, PollError) else "invalid_response"
-                round_.log._log.error("target.down", source=poller.source.value,
-                                      target=poller.name, reason=reason, error=str(result))
+                round_.log.target_down(poller.source.value, poller.name, reason, str(result))
         rows = [batch_view(rec) for rec in round_.tracker.records.values()]
         return rows, failed
     finally:
@@ -110,17 +105,16 @@ async def wait_for_batch(
         if src is Source.ENGINE:
             t_e = _pick(settings.engines, target, source)
             poller = round_.add_engine(t_e)
-            interval, name = round_._interval(t_e), t_e.name
+            interval, name = settings.interval_for(t_e), t_e.name
         else:
             t_d = _pick(settings.datadog, target, source)
             poller = round_.add_datadog(t_d, [batch_id])
-            interval, name = round_._interval(t_d), t_d.name
+            interval, name = settings.interval_for(t_d), t_d.name
         while True:
             try:
                 await poller.poll_once()
             except PollError as exc:
-                round_.log._log.warning("target.down", source=source, target=name,
-                                        reason=exc.reason, error=exc.detail)
+                round_.log.target_down(source, name, exc.reason, exc.detail)
             rec = round_.tracker.get(src, name, batch_id)
             if rec is not None and is_terminal(src, rec.state):
                 return rec.state.value

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from batchscope.model import EngineHistoryRecord, Notice, Source
 from batchscope.sources.datadog import DatadogClient
 from batchscope.sources.engine import EngineClient, SkippedRow
-from batchscope.sources.fetch import PollError
+from batchscope.sources.fetch import PollError, RateLimit
 from batchscope.tracker import Outcome, Tracker
 
 if TYPE_CHECKING:
@@ -76,6 +76,11 @@ class TargetPoller(ABC):
     @abstractmethod
     async def poll_once(self) -> None:
         """One complete cycle; raises :class:`PollError` when the target failed."""
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        """The upstream's latest rate-limit headers, where it sends them."""
+        return None
 
 
 async def _gather_all(tasks: Iterable[Awaitable[Any]]) -> list[Any]:
@@ -215,6 +220,10 @@ class DatadogPoller(TargetPoller):
         self.target = target
         self.client = client
         self._failing: dict[str, str] = {}  # batch id -> reason, logged once per change
+
+    @property
+    def rate_limit(self) -> RateLimit | None:
+        return self.client.rate_limit
 
     async def poll_once(self) -> None:
         # Terminal batches have left the active index: they are never polled again.

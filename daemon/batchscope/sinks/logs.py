@@ -136,6 +136,13 @@ class EventLog:
             else:
                 self._log.info(event.event_name, **fields)
 
+    def target_down(self, source: str, target: str, reason: str, error: str) -> None:
+        self._log.warning("target.down", source=source, target=target, reason=reason,
+                          error=error)
+
+    def target_up(self, source: str, target: str) -> None:
+        self._log.info("target.up", source=source, target=target)
+
     def notices(self, notices: Iterable[Notice]) -> None:
         full = 0
         for notice in notices:
