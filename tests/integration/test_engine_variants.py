@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,24 @@ async def test_private_ca_tls(logs: LogLines, tmp_path: Path) -> None:
                 await daemon.stop()
     finally:
         await runner.cleanup()
+
+
+async def test_engine_clock_skew_does_not_hide_short_batches(logs: LogLines) -> None:
+    """An engine whose clock runs 10 minutes behind the daemon: a batch created and ended
+    between two polls is still reported (the start watermark follows the engine's clock,
+    taken from its HTTP Date header), and one that ended before the start is not."""
+    skew = [-603.0]
+    engine = FakeEngine(clock=lambda: time.time() + skew[0])
+    old = engine.create_batch(total_jobs=1)
+    engine.complete_jobs(old, 1)
+    engine.finish(old)
+    skew[0] = -600.0  # it ended three engine-seconds before the daemon starts
+    async with running_stack(engine=engine) as stack:
+        await wait_until(lambda: stack.daemon.ready)
+        await wait_until(lambda: stack.daemon.tracker.get(Source.ENGINE, "prod", old))
+        skew[0] += 2.0  # the engine's time moves on past the (whole-second) start watermark
+        quick = engine.create_batch(total_jobs=1)
+        engine.complete_jobs(quick, 1)
+        engine.finish(quick)  # no await in between: only the history sweep can see it
+        await wait_until(lambda: lifecycle_states(logs, quick) == ["passed"])
+        assert lifecycle_states(logs, old) == []

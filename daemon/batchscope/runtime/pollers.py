@@ -111,13 +111,14 @@ class EnginePoller(TargetPoller):
         # Persisted: the daemon's first start (older endings are recorded silently), where
         # the next sweep begins, and the ids already seen inside the overlap window.
         self.meta = meta
-        meta.setdefault("watermark", clock())
-        meta.setdefault("sweep_from", meta["watermark"] - SWEEP_OVERLAP)
         meta.setdefault("recent", {})
+        self._started = clock()
         self._skips: set[tuple[str, str | None, str]] = set()
 
     async def poll_once(self) -> None:
         listing = await self.client.runtime_batches()
+        if "watermark" not in self.meta:
+            self._set_watermark(listing.server_time)
         outcome = self.tracker.engine_runtime(
             self.name, listing.rows, self.clock(), self.target.stall_after
         )
@@ -136,6 +137,21 @@ class EnginePoller(TargetPoller):
         )
         self._tolerate_some(missing, results, "/history/batch/{id}")
         await self._record_unseen(history.rows)
+
+    def _set_watermark(self, server_time: float | None) -> None:
+        """Fix the daemon's start on the engine's clock, once (it is persisted).
+
+        Endings before it were not watched; those after it, even during an outage before
+        the first successful poll, are reported. It is compared with the engine's endTime,
+        so a skewed daemon clock is corrected by the engine's HTTP Date header; those are
+        whole seconds, so only a real skew (over 2 s) is corrected.
+        """
+        now = self.clock()
+        start = self._started
+        if server_time is not None and abs(server_time + 0.5 - now) > 2.0:
+            start += server_time + 0.5 - now
+        self.meta["watermark"] = start
+        self.meta["sweep_from"] = start - SWEEP_OVERLAP
 
     def _new_skips(self, skipped: list[SkippedRow]) -> list[Notice]:
         """Unreadable rows, each logged when it first appears, not on every poll."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import email.utils
 import re
 import secrets
 import time
@@ -527,10 +528,15 @@ class FakeEngine(FaultInjector):
     def make_app(self) -> web.Application:
         """A new application serving the API at the root and under ``/engine/{name}``."""
         app = web.Application(middlewares=[self.middleware(), self._guard])
+        app.on_response_prepare.append(self._date_header)
         app.router.add_get("/engine", self._get_engines)
         for prefix in ("", "/engine/{engine_name}"):
             self._add_routes(app.router, prefix)
         return app
+
+    async def _date_header(self, request: web.Request, response: web.StreamResponse) -> None:
+        """HTTP Date from the engine's own clock, as a real server's would be."""
+        response.headers["Date"] = email.utils.formatdate(self.clock(), usegmt=True)
 
     def _add_routes(self, router: web.UrlDispatcher, prefix: str) -> None:
         routes: list[tuple[str, Handler]] = [

@@ -38,6 +38,7 @@ class SkippedRow:
 class Listing:
     rows: list[EngineBatchSnapshot] = field(default_factory=list)
     skipped: list[SkippedRow] = field(default_factory=list)
+    server_time: float | None = None  # the engine's clock when the first page was served
 
 
 @dataclass(slots=True)
@@ -86,11 +87,16 @@ class EngineClient:
         return response
 
     async def _get_list(self, path: str, params: dict[str, str]) -> list[object]:
-        body = (await self._get(path, params)).body
-        if not isinstance(body, list):
-            raise PollError("invalid_response", f"{path} answered a {type(body).__name__}, "
-                            "not a list")
-        return body
+        return (await self._get_list_response(path, params))[0]
+
+    async def _get_list_response(
+        self, path: str, params: dict[str, str]
+    ) -> tuple[list[object], Response]:
+        response = await self._get(path, params)
+        if not isinstance(response.body, list):
+            raise PollError("invalid_response", f"{path} answered a "
+                            f"{type(response.body).__name__}, not a list")
+        return response.body, response
 
     def _tenant_params(self) -> dict[str, str]:
         if self.target.tenant_ids:
@@ -112,7 +118,9 @@ class EngineClient:
                 "firstResult": str(first), "maxResults": str(page_size),
                 **self._tenant_params(),
             }
-            page = await self._get_list("/batch/statistics", params)
+            page, response = await self._get_list_response("/batch/statistics", params)
+            if listing.server_time is None:
+                listing.server_time = response.server_time
             for raw in page:
                 try:
                     listing.rows.append(parse_statistics_row(raw))

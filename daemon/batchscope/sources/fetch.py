@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,6 +60,16 @@ class Response:
     status: int
     body: Any
     rate_limit: RateLimit | None
+    server_time: float | None = None  # the upstream's clock (HTTP Date), epoch seconds
+
+
+def parse_http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 def ssl_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext | bool:
@@ -182,4 +193,5 @@ async def get_json(
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise PollError("invalid_response", f"malformed JSON: {exc}") from exc
-    return Response(status=status, body=data, rate_limit=rate_limit)
+    return Response(status=status, body=data, rate_limit=rate_limit,
+                    server_time=parse_http_date(resp_headers.get("Date")))
