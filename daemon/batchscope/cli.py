@@ -1,7 +1,8 @@
 """Command line: run, demo, check-config, once, wait.
 
 Exit codes: 0 success; 1 ``wait`` ended in failed/cancelled/vanished (``once``: a target
-failed); 2 usage error; 3 ``wait`` timed out; 78 invalid configuration or state file.
+failed); 2 usage error; 3 ``wait`` timed out; 78 invalid configuration, state file or listen
+address; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +22,8 @@ from batchscope import __version__
 from batchscope.settings import EX_CONFIG, Settings, SettingsError, load_settings, redacted_dict
 
 EXIT_OK, EXIT_BAD_OUTCOME, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
+BATCH_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -129,13 +133,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         except StateError as exc:
             raise _ConfigExit(f"unusable state file: {exc} "
                               "(use --reset-state to start afresh)") from exc
-        try:
-            await daemon.run_until_signalled()
-        except OSError as exc:  # the HTTP port cannot be bound
-            raise _ConfigExit(f"cannot listen on {settings.http.host}:{settings.http.port}: "
-                              f"{exc.strerror or exc}") from exc
+        await daemon.run_until_signalled()
 
-    asyncio.run(main())
+    from batchscope.runtime.daemon import ListenError
+
+    try:
+        asyncio.run(main())
+    except ListenError as exc:
+        raise _listen_error(exc.error, settings.http.host, settings.http.port) from exc
     return EXIT_OK
 
 
@@ -143,11 +148,19 @@ class _ConfigExit(Exception):
     pass
 
 
+def _listen_error(exc: OSError, host: str, port: int) -> _ConfigExit:
+    return _ConfigExit(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    from batchscope.runtime.daemon import ListenError
     from batchscope.runtime.demo import run_demo
 
-    return asyncio.run(run_demo(host=args.host, port=args.port, log_format=args.log_format,
-                                duration=args.duration))
+    try:
+        return asyncio.run(run_demo(host=args.host, port=args.port,
+                                    log_format=args.log_format, duration=args.duration))
+    except ListenError as exc:
+        raise _listen_error(exc.error, args.host, args.port) from exc
 
 
 def _print_batches(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -174,6 +187,9 @@ def cmd_once(args: argparse.Namespace) -> int:
 def cmd_wait(args: argparse.Namespace) -> int:
     from batchscope.runtime.oneshot import WaitTimeout, wait_for_batch
 
+    if not BATCH_ID.fullmatch(args.batch_id):
+        print("batchscope wait: batch id must match [A-Za-z0-9._:-]{1,128}", file=sys.stderr)
+        return EXIT_USAGE
     settings = _load(args, {"state_path": ":memory:"})
     _setup_logging(settings, to_stderr=True)
     deadline = time.monotonic() + args.timeout
@@ -206,4 +222,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"batchscope: {exc}", file=sys.stderr)
         return EX_CONFIG
     except KeyboardInterrupt:
-        return EXIT_OK
+        # Never "success": `batchscope wait ID && deploy` must not deploy after a Ctrl-C.
+        return EXIT_INTERRUPTED

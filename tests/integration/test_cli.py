@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from batchscope.simulator.datadog import FakeDatadog
 from batchscope.simulator.engine import FakeEngine
 from batchscope.simulator.server import RunningSimulator, start_simulator
+from helpers import wait_until
 
 DAEMON_DIR = Path(__file__).resolve().parents[2] / "daemon"
 SECRET = "s3cr3t-api-key-value"
@@ -137,3 +140,37 @@ async def test_wait_exit_codes(tmp_path: Path) -> None:
         code, out, _ = await batchscope("wait", "--config", config, "--source", "engine",
                                         "no-such-batch")
         assert code == 1 and "vanished" in out
+
+
+async def test_interrupted_wait_is_not_success(tmp_path: Path) -> None:
+    """Ctrl-C during `wait` exits 130, never 0: `batchscope wait ID && deploy` must stop."""
+    datadog = FakeDatadog(api_key=SECRET, app_key="app-key-value")
+    slow = datadog.create_batch()
+    async with await start_simulator(datadog=datadog) as sim:
+        config = str(write_config(tmp_path, sim))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "batchscope", "wait", "--config", config, slow, env=env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        await wait_until(lambda: any(slow in r.path_qs for r in datadog.requests),
+                         timeout=30, what="first poll")
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 130
+
+
+async def test_wait_rejects_a_malformed_batch_id(tmp_path: Path) -> None:
+    """A batch id that cannot exist is a usage error at once, not a 60 s wait for vanished."""
+    async with await start_simulator() as sim:
+        code, _, err = await batchscope("wait", "--config", str(write_config(tmp_path, sim)),
+                                        "bad id/..")
+    assert code == 2 and "batch id must match" in err
+
+
+async def test_demo_on_a_busy_port_exits_78() -> None:
+    """demo on a port another process holds: one clear line, exit 78, no traceback."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code, _, err = await batchscope("demo", "--port", str(port), "--duration", "5")
+    assert code == 78
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err

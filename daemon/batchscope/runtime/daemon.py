@@ -48,6 +48,14 @@ class RunningTarget:
     up: bool | None = None  # health as last logged (None: not polled yet)
 
 
+class ListenError(Exception):
+    """The HTTP server cannot bind its address (in use, not permitted)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Daemon:
     def __init__(
         self,
@@ -313,7 +321,11 @@ class Daemon:
         http = self.settings.http
         self._runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.TCPSite(self._runner, http.host, http.port).start()
+        try:
+            await web.TCPSite(self._runner, http.host, http.port).start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ListenError(exc) from exc
         self.http_port = int(self._runner.addresses[0][1])
         self._forget_unconfigured()
         targets: list[TargetSettings] = [*self.settings.engines, *self.settings.datadog]

@@ -1,6 +1,7 @@
 """``batchscope demo``: the real daemon against the built-in simulator, on loopback.
 
-Within a minute a newcomer sees every state go by in the logs, in ``/metrics`` and in
+Within a minute a newcomer sees batches fail, stall, get suspended, cancelled, vanish and
+pass in the logs, in ``/metrics`` and in
 ``/api/v1/batches``, with no engine and no Datadog account.
 """
 
@@ -63,7 +64,8 @@ async def run_demo(
         f"  events:   {base}/api/v1/events\n"
         f"  watch a CI batch: curl -H 'Authorization: Bearer {token}' "
         f"-d '{{\"batch_id\": \"...\"}}' {base}/api/v1/datadog/batches\n"
-        "Every state goes by within about a minute. Ctrl-C stops.\n\n"
+        "Within about a minute batches fail, stall, get suspended, cancelled, vanish and pass. "
+        "Ctrl-C stops.\n\n"
     )
     scenario = DemoScenario(
         sim.engine, sim.datadog,

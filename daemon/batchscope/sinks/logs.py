@@ -42,8 +42,12 @@ class _Redactor:
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret containing another is replaced whole.
-        known = {*self.secrets, *(s for s in secrets if len(s) >= 4)}
+        # A JSON line holds a secret with quotes, backslashes and control characters
+        # escaped: hide that form too. Longest first, so a secret containing another is
+        # replaced whole.
+        plain = [s for s in secrets if len(s) >= 4]
+        escaped = [orjson.dumps(s).decode()[1:-1] for s in plain]
+        known = {*self.secrets, *plain, *escaped}
         self.secrets = sorted(known, key=len, reverse=True)
 
     def __call__(self, line: str) -> str:
