@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from pydantic import ValidationError
 
 from batchscope.settings import (
@@ -166,14 +167,22 @@ def test_engine_bounds(field: str, value: int) -> None:
     assert loc == f"engines.0.{field}"
 
 
-def test_ca_file_must_exist(tmp_path: Path) -> None:
-    """ca_file must name an existing file."""
+def test_ca_file_must_be_a_usable_bundle(tmp_path: Path) -> None:
+    """ca_file must name an existing PEM bundle the TLS stack loads (checked at load time,
+    not at the first poll)."""
     ((loc, _),) = errors(
         {"engines": [{"name": "p", "url": "http://h", "ca_file": str(tmp_path / "nope.pem")}]}
     )
     assert loc == "engines.0.ca_file"
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("x")
+    ((loc, msg),) = errors(
+        {"datadog": [{"name": "d", "url": "http://h", "api_key": "k-1234", "app_key": "a-1234",
+                      "ca_file": str(garbage)}]}
+    )
+    assert loc == "datadog.0.ca_file" and "CA bundle" in msg
     pem = tmp_path / "ca.pem"
-    pem.write_text("x")
+    trustme.CA().cert_pem.write_to_path(str(pem))
     engine = EngineTarget(name="p", url="http://h", ca_file=pem)
     assert engine.ca_file == pem
 

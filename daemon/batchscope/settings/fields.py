@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import re
+import ssl
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, SecretStr
+from pydantic import AfterValidator, BeforeValidator, FilePath, SecretStr
 from pydantic_core import PydanticCustomError
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "MAX_DURATION_SECONDS",
     "TARGET_NAME_PATTERN",
     "BatchId",
+    "CaBundle",
     "Duration",
     "HttpUrlStr",
     "NonEmptySecret",
@@ -152,3 +155,20 @@ def _check_secret_not_empty(value: SecretStr) -> SecretStr:
 
 
 NonEmptySecret = Annotated[SecretStr, AfterValidator(_check_secret_not_empty)]
+
+
+def _check_ca_bundle(path: Path) -> Path:
+    """Load the bundle now: a file that is not one would otherwise pass check-config and
+    only break the first poll (or a reload)."""
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise PydanticCustomError(
+            "ca_file_unusable", "Not a usable CA bundle (PEM): {reason}", {"reason": reason}
+        ) from None
+    return path
+
+
+CaBundle = Annotated[FilePath, AfterValidator(_check_ca_bundle)]
+"""An existing PEM file of CA certificates that the TLS stack accepts."""

@@ -18,7 +18,6 @@ from pydantic import (
     ConfigDict,
     DirectoryPath,
     Field,
-    FilePath,
     ValidationError,
     computed_field,
     field_validator,
@@ -30,6 +29,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .fields import (
     DATADOG_SITES,
     BatchId,
+    CaBundle,
     Duration,
     HttpUrlStr,
     NonEmptySecret,
@@ -103,7 +103,7 @@ class EngineTarget(BaseModel):
     tenant_ids: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     stall_after: Duration = 900.0
     verify_tls: bool = True
-    ca_file: FilePath | None = None
+    ca_file: CaBundle | None = None
     request_timeout: Duration = 10.0
     max_response_bytes: int = Field(default=MAX_RESPONSE_BYTES_DEFAULT, ge=1)
 
@@ -158,7 +158,7 @@ class DatadogTarget(BaseModel):
     max_response_bytes: int = Field(default=MAX_RESPONSE_BYTES_DEFAULT, ge=1)
     max_concurrency: int = Field(default=8, ge=1, le=64)
     verify_tls: bool = True
-    ca_file: FilePath | None = None
+    ca_file: CaBundle | None = None
 
     @field_validator("batch_ids")
     @classmethod
