@@ -199,12 +199,13 @@ class EnginePoller(TargetPoller):
         ]
         # Only endings after the watermark become events, so only they need the
         # user-operation log to tell a cancel from a completion.
-        evidence = await _gather_all(
-            self.client.with_delete_evidence(r) if r.end_time is not None
-            and r.end_time >= watermark else _same(r)
-            for r in unseen
-        )
-        self.publish(self.tracker.engine_history(self.name, evidence, self.clock(), watermark))
+        new: list[EngineHistoryRecord] = []
+        older: list[EngineHistoryRecord] = []
+        for r in unseen:
+            (new if r.end_time is not None and r.end_time >= watermark else older).append(r)
+        evidence = await _gather_all(self.client.with_delete_evidence(r) for r in new)
+        self.publish(self.tracker.engine_history(
+            self.name, [*older, *evidence], self.clock(), watermark))
         for r in rows:
             if r.end_time is not None:
                 recent[r.batch_id] = r.end_time
@@ -214,10 +215,6 @@ class EnginePoller(TargetPoller):
         cutoff = self.meta["sweep_from"]
         for batch_id in [b for b, end in recent.items() if end < cutoff]:
             del recent[batch_id]
-
-
-async def _same(record: EngineHistoryRecord) -> EngineHistoryRecord:
-    return record
 
 
 class DatadogPoller(TargetPoller):

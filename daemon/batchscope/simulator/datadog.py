@@ -167,7 +167,6 @@ class FakeDatadog(FaultInjector):
         self._location_ids: dict[str, int] = {name: i for i, name in enumerate(_LOCATIONS, 1)}
         self._window = -1
         self._window_used = 0
-        self._app: web.Application | None = None
 
     # ----------------------------------------------------------------- control API
 
@@ -311,13 +310,6 @@ class FakeDatadog(FaultInjector):
                 result.timed_out = False
 
     # ----------------------------------------------------------------- HTTP application
-
-    @property
-    def app(self) -> web.Application:
-        """The API application (created once; use :meth:`make_app` for another)."""
-        if self._app is None:
-            self._app = self.make_app()
-        return self._app
 
     def make_app(self) -> web.Application:
         """A new application serving the API paths (they start with ``/api/v1``)."""

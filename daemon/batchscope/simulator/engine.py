@@ -333,7 +333,6 @@ class FakeEngine(FaultInjector):
         self._runtime = _SortedIndex()
         self._history = _SortedIndex()
         self._operations: list[UserOperation] = []
-        self._app: web.Application | None = None
 
     # ----------------------------------------------------------------- control API: lifecycle
 
@@ -517,13 +516,6 @@ class FakeEngine(FaultInjector):
             )
 
     # ----------------------------------------------------------------- HTTP application
-
-    @property
-    def app(self) -> web.Application:
-        """The engine REST application (created once; use :meth:`make_app` for another)."""
-        if self._app is None:
-            self._app = self.make_app()
-        return self._app
 
     def make_app(self) -> web.Application:
         """A new application serving the API at the root and under ``/engine/{name}``."""

@@ -55,6 +55,18 @@ class FaultInjector:
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
         self._faults: list[Fault] = []
+        self._app: web.Application | None = None
+
+    @property
+    def app(self) -> web.Application:
+        """The fake's application (created once; use :meth:`make_app` for another)."""
+        if self._app is None:
+            self._app = self.make_app()
+        return self._app
+
+    def make_app(self) -> web.Application:
+        """A new application serving the fake API, with :meth:`middleware` installed."""
+        raise NotImplementedError
 
     def inject(
         self,
