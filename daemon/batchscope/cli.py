@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -19,11 +18,11 @@ from typing import Any
 import orjson
 
 from batchscope import __version__
+from batchscope.model import BATCH_ID_RULE, is_valid_batch_id
 from batchscope.settings import EX_CONFIG, Settings, SettingsError, load_settings, redacted_dict
 
 EXIT_OK, EXIT_BAD_OUTCOME, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
-BATCH_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -154,7 +153,7 @@ def _listen_error(exc: OSError, host: str, port: int) -> _ConfigExit:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from batchscope.runtime.daemon import ListenError
-    from batchscope.runtime.demo import run_demo
+    from batchscope.simulator.demo import run_demo
 
     try:
         return asyncio.run(run_demo(host=args.host, port=args.port,
@@ -187,8 +186,8 @@ def cmd_once(args: argparse.Namespace) -> int:
 def cmd_wait(args: argparse.Namespace) -> int:
     from batchscope.runtime.oneshot import WaitTimeout, wait_for_batch
 
-    if not BATCH_ID.fullmatch(args.batch_id):
-        print("batchscope wait: batch id must match [A-Za-z0-9._:-]{1,128}", file=sys.stderr)
+    if not is_valid_batch_id(args.batch_id):
+        print(f"batchscope wait: batch id must {BATCH_ID_RULE}", file=sys.stderr)
         return EXIT_USAGE
     settings = _load(args, {"state_path": ":memory:"})
     _setup_logging(settings, to_stderr=True)

@@ -6,9 +6,20 @@ snapshots into events; sinks consume events. Nothing in this module does I/O.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final, TypeGuard
+
+#: The one rule for a batch id, wherever one comes in (API, settings, ``wait``): it is put
+#: into upstream URL paths, so ``.`` and ``..`` (path traversal) are refused too.
+BATCH_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+BATCH_ID_RULE: Final = "match [A-Za-z0-9._:-]{1,128} and not be '.' or '..'"
+
+
+def is_valid_batch_id(value: object) -> TypeGuard[str]:
+    return (isinstance(value, str) and BATCH_ID_PATTERN.fullmatch(value) is not None
+            and value not in (".", ".."))
 
 
 class Source(StrEnum):
@@ -98,6 +109,21 @@ class JobCounts:
     remaining: int
     failed: int
 
+    def fields(self, *, with_created: bool = False) -> dict[str, int]:
+        """The counts as log and API fields (the one place they are named)."""
+        out = {"total_jobs": self.total}
+        if with_created:
+            out["jobs_created"] = self.created
+        out.update(completed_jobs=self.completed, remaining_jobs=self.remaining,
+                   failed_jobs=self.failed)
+        return out
+
+    def by_kind(self) -> tuple[tuple[str, int], ...]:
+        """The counts by the ``kind`` label of ``batchscope_batch_jobs``."""
+        return (("total", self.total), ("created", self.created),
+                ("completed", self.completed), ("remaining", self.remaining),
+                ("failed", self.failed))
+
 
 @dataclass(frozen=True, slots=True)
 class EngineBatchSnapshot:
@@ -109,6 +135,8 @@ class EngineBatchSnapshot:
     suspended: bool
     start_time: float | None = None  # epoch seconds; absent before Camunda 7.18
     tenant_id: str | None = None
+    execution_start_time: float | None = None  # None until a job ran, before 7.18, unreadable
+    batch_job_definition_id: str | None = None  # the execution jobs' job definition
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +149,20 @@ class EngineHistoryRecord:
     start_time: float | None
     end_time: float | None
     deleted: bool = False
+    end_time_unreadable: bool = False
+    batch_job_definition_id: str | None = None  # whose historic job log shows deletions
+    execution_start_time: float | None = None
+    removal_time: float | None = None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the engine says the batch ended.
+
+        ``end_time`` is None both for a running batch and for one whose ``endTime`` came in
+        a format that could not be read; the latter has ended all the same. ``deleted`` is
+        set from any evidence of a delete (user-operation log or historic job log).
+        """
+        return self.end_time is not None or self.end_time_unreadable
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +170,8 @@ class CiMetadata:
     pipeline_url: str | None = None
     git_branch: str | None = None
     git_commit: str | None = None
+    job_name: str | None = None  # ci.job.name, as datadog-ci sends it
+    provider_name: str | None = None  # ci.provider.name
 
 
 ResultKey = tuple[str, str, str]  # (test_public_id, location, device)
@@ -147,6 +191,11 @@ class CiResult:
     result_id: str | None = None
     retries: int | None = None
     duration_ms: float | None = None
+    initial_result_id: str | None = None  # the first attempt's id, on a fast retry
+    timed_out: bool | None = None
+    max_retries: int | None = None
+    selective_rerun: str | None = None  # "skip" or "run" when a selective rerun decided
+    linked_result_id: str | None = None  # the earlier batch's result a rerun skip points to
 
     @property
     def key(self) -> ResultKey:
@@ -201,10 +250,7 @@ class BatchTransition:
             "to_state": self.to_state.value,
         }
         if self.jobs is not None:
-            out["total_jobs"] = self.jobs.total
-            out["completed_jobs"] = self.jobs.completed
-            out["remaining_jobs"] = self.jobs.remaining
-            out["failed_jobs"] = self.jobs.failed
+            out.update(self.jobs.fields())
         if self.results is not None:
             out["results_total"] = self.results.total
             out["results_passed"] = self.results.passed
@@ -271,3 +317,24 @@ class Notice:
     event: str
     level: str
     fields: dict[str, Any]
+
+
+class ErrorReason(StrEnum):
+    """Why a poll or a lookup failed: the ``reason`` label and log field."""
+
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    HTTP_4XX = "http_4xx"
+    HTTP_5XX = "http_5xx"
+    RATE_LIMITED = "rate_limited"
+    AUTH = "auth"
+    INVALID_RESPONSE = "invalid_response"
+
+    @classmethod
+    def target_wide(cls) -> frozenset[ErrorReason]:
+        """Reasons that concern a whole target, not one batch of it."""
+        return _TARGET_WIDE
+
+
+_TARGET_WIDE = frozenset({ErrorReason.AUTH, ErrorReason.CONNECTION, ErrorReason.TIMEOUT,
+                          ErrorReason.RATE_LIMITED})

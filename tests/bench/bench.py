@@ -40,6 +40,7 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from batchscope.model import Source
+from batchscope.runtime import compose
 from batchscope.runtime.daemon import Daemon
 from batchscope.settings import load_settings
 from batchscope.sinks.logs import configure_logging
@@ -237,15 +238,21 @@ class Bench:
                          "app_key": hello["app_key"], "request_timeout": 60}],
         })
         daemon = Daemon(settings)
-        targets = {}
-        for t in (*settings.engines, *settings.datadog):
-            rt = daemon._make_target(t)
-            key = (rt.poller.source, t.name)
-            daemon.targets[key] = rt
-            daemon.metrics.add_target(*key)
-            targets[key[0]] = rt
-        engine = targets[Source.ENGINE].poller
-        datadog = targets[Source.DATADOG].poller
+        configured = compose.configured_targets(settings)
+        # The daemon's parts without its loops: each phase drives a poller by hand.
+        daemon.parts.publish(daemon.core.configure(
+            [compose.target_watch(t) for t in configured], time.time()))
+        sessions, pollers = [], {}
+        for t in configured:
+            session = compose.new_session(t)
+            sessions.append(session)
+            poller = compose.make_poller(
+                t, settings=settings, core=daemon.core, publish=daemon.parts.publish,
+                clock=time.time, session=session, heartbeat=compose.heartbeat_for(t))
+            daemon.metrics.add_target(*poller.key)
+            pollers[poller.source] = poller
+        engine = pollers[Source.ENGINE]
+        datadog = pollers[Source.DATADOG]
         try:
             gc.collect()
             p = await self.measure("engine-first", engine.poll_once, daemon, sim,
@@ -287,9 +294,9 @@ class Bench:
             await daemon.persist()
             await self._renders(daemon)
         finally:
-            for rt in daemon.targets.values():
-                await rt.session.close()
-            await daemon.store.close()
+            for session in sessions:
+                await session.close()
+            await daemon.parts.state.close()
         self.tracked = {
             "tracked": len(daemon.tracker),
             "active_engine": len(daemon.tracker.active_for(Source.ENGINE, "bench")),

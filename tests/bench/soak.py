@@ -203,8 +203,8 @@ async def sample(daemon: Daemon, http: aiohttp.ClientSession, state: Path, start
     async with http.get(f"http://127.0.0.1:{daemon.http_port}/metrics") as resp:
         metrics = await resp.read()
     gc.collect()
-    engine_meta: dict[str, Any] = next(
-        (v for k, v in daemon.meta.items() if k.startswith("engine:")), {})
+    cursors = [daemon.core.cursor(t.name) for t in daemon.settings.engines]
+    recent = sum(len(c.recent) for c in cursors if c is not None)
     return {
         "t": time.monotonic() - started,
         "rss_mb": vm_rss_mb(),
@@ -215,7 +215,7 @@ async def sample(daemon: Daemon, http: aiohttp.ClientSession, state: Path, start
         "tracked": len(daemon.tracker),
         "in_flight": sum(1 for _ in daemon.tracker.iter_active()),
         "buffer": len(daemon.events),
-        "recent": len(engine_meta.get("recent", {})),
+        "recent": recent,
         "state_kb": file_size(state) / 1024,
         "metrics_kb": len(metrics) / 1024,
         "tasks": len(asyncio.all_tasks()),

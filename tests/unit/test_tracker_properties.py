@@ -38,8 +38,9 @@ from batchscope.model import (
     State,
     is_terminal,
 )
+from batchscope.sinks.store import record_from_row as record_from_dict
+from batchscope.sinks.store import record_to_row as record_to_dict
 from batchscope.tracker import Key, Outcome, Tracker
-from batchscope.tracker.tracker import record_from_dict, record_to_dict
 from tracker_builders import dd, eng, hist, res
 
 T = "prod"

@@ -1,28 +1,26 @@
-"""The HTTP server: metrics, probes, the read API and the Datadog watch-list API.
+"""The HTTP app: metrics, probes, the read API and the Datadog watch-list API.
 
-Handlers only read the tracker or call the daemon's synchronous watch methods; none of
-them does upstream I/O.
+Handlers read through the narrow interfaces of ``ports.py`` and never do upstream I/O.
 """
 
 from __future__ import annotations
 
 import hmac
-import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from batchscope import __version__
-from batchscope.model import Source, State
-from batchscope.tracker import TrackedBatch
+from batchscope.http.ports import ApiPorts, WatchOutcome
+from batchscope.http.views import batch_view
+from batchscope.model import BATCH_ID_RULE, Source, State, is_valid_batch_id
+from batchscope.settings import HttpSettings
 
-if TYPE_CHECKING:  # import cycle: the daemon builds this app
-    from batchscope.runtime.daemon import Daemon
-
-DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
-BATCH_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+PORTS: web.AppKey[ApiPorts] = web.AppKey("ports")
+HTTP: web.AppKey[HttpSettings] = web.AppKey("http_settings")
 
 LANDING = """<!doctype html>
 <html><head><meta charset="utf-8"><title>batchscope</title></head>
@@ -47,48 +45,24 @@ def _error(status: int, message: str) -> web.Response:
     return _json({"error": message}, status)
 
 
-def batch_view(rec: TrackedBatch) -> dict[str, Any]:
-    counts: dict[str, Any] = {}
-    if rec.jobs is not None:
-        j = rec.jobs
-        counts = {"total_jobs": j.total, "jobs_created": j.created,
-                  "completed_jobs": j.completed, "remaining_jobs": j.remaining,
-                  "failed_jobs": j.failed}
-    elif rec.result_counts is not None:
-        c = rec.result_counts
-        counts = {"results_total": c.total, "results_passed": c.passed,
-                  "results_failed": c.failed, "results_in_progress": c.in_progress}
-    view: dict[str, Any] = {
-        "source": rec.source.value, "target": rec.target, "batch_id": rec.batch_id,
-        "batch_type": rec.batch_type, "state": rec.state.value,
-        "state_since": rec.state_since, "first_seen": rec.first_seen,
-        "last_seen": rec.last_seen, "counts": counts,
-    }
-    if rec.raw_status is not None:
-        view["upstream_status"] = rec.raw_status
-    return view
-
-
 async def index(request: web.Request) -> web.Response:
     return web.Response(text=LANDING.format(version=__version__), content_type="text/html")
 
 
 async def healthz(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
-    if daemon.healthy():
+    if request.app[PORTS].health.healthy():
         return _json({"status": "ok"})
     return _json({"status": "poll loop stuck"}, 503)
 
 
 async def readyz(request: web.Request) -> web.Response:
-    daemon = request.app[DAEMON]
-    if daemon.ready:
+    if request.app[PORTS].health.ready:
         return _json({"status": "ready"})
     return _json({"status": "starting: not every target has been polled yet"}, 503)
 
 
 async def list_batches(request: web.Request) -> web.Response:
-    tracker = request.app[DAEMON].tracker
+    reader = request.app[PORTS].batches
     query = request.query
     source, target, state = query.get("source"), query.get("target"), query.get("state")
     if source is not None and source not in {s.value for s in Source}:
@@ -96,7 +70,7 @@ async def list_batches(request: web.Request) -> web.Response:
     if state is not None and state not in {s.value for s in State}:
         return _error(400, f"unknown state {state!r}")
     rows = [
-        batch_view(rec) for rec in tracker.records.values()
+        batch_view(rec) for rec in reader.batches()
         if (source is None or rec.source.value == source)
         and (target is None or rec.target == target)
         and (state is None or rec.state.value == state)
@@ -105,7 +79,7 @@ async def list_batches(request: web.Request) -> web.Response:
 
 
 async def list_events(request: web.Request) -> web.Response:
-    buffer = request.app[DAEMON].events
+    buffer = request.app[PORTS].events
     try:
         after = int(request.query.get("after", "0"))
         limit = int(request.query.get("limit", "1000"))
@@ -118,7 +92,7 @@ async def list_events(request: web.Request) -> web.Response:
 
 def _authorised(request: web.Request) -> web.Response | None:
     """None when the request carries the configured bearer token, else the refusal."""
-    token = request.app[DAEMON].settings.http.api_token
+    token = request.app[HTTP].api_token
     if token is None:
         return _error(403, "write endpoints are disabled: set http.api_token "
                            "(BATCHSCOPE_HTTP__API_TOKEN) to enable them")
@@ -136,8 +110,8 @@ def _authorised(request: web.Request) -> web.Response | None:
 async def add_datadog_batch(request: web.Request) -> web.Response:
     if (refusal := _authorised(request)) is not None:
         return refusal
-    daemon = request.app[DAEMON]
-    limit = daemon.settings.http.max_body_bytes
+    ports = request.app[PORTS]
+    limit = request.app[HTTP].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return _error(413, f"body larger than {limit} bytes")
     try:
@@ -154,22 +128,23 @@ async def add_datadog_batch(request: web.Request) -> web.Response:
     if unknown:
         return _error(400, f"unknown field(s): {', '.join(sorted(unknown))}")
     batch_id = body.get("batch_id")
-    if not isinstance(batch_id, str) or not BATCH_ID.fullmatch(batch_id):
-        return _error(400, "batch_id must match [A-Za-z0-9._:-]{1,128}")
+    if not is_valid_batch_id(batch_id):
+        return _error(400, f"batch_id must {BATCH_ID_RULE}")
     requested = body.get("target")
     if requested is not None and not isinstance(requested, str):
         return _error(400, "target must be a string")
-    target = daemon.datadog_target(requested)
+    known = ports.watch_list.datadog_targets()
+    target = _datadog_target(known, requested)
     if target is None:
-        known = [t.name for t in daemon.settings.datadog]
         if requested is None and len(known) > 1:
             return _error(400, f"several Datadog targets are configured; name one of {known}")
         return _error(400, f"unknown Datadog target {requested!r}; configured: {known}")
-    added = daemon.watch(target, batch_id)
-    rec = daemon.tracker.get(Source.DATADOG, target, batch_id)
-    if rec is None:
+    outcome = ports.watch_list.watch(target, batch_id)
+    rec = ports.batches.get(Source.DATADOG, target, batch_id)
+    if outcome is WatchOutcome.REFUSED or rec is None:
         return _error(503, "cannot watch more batches: max_tracked_batches reached")
-    if added and not await daemon.persist():
+    added = outcome is WatchOutcome.ADDED
+    if added and not await ports.watch_list.commit():
         # A CI job treats 201 as a promise that survives a crash; without a commit, say so.
         # The watch stays in memory and a retry is idempotent.
         return _error(503, "watching, but the state file could not be written yet; retry")
@@ -179,24 +154,33 @@ async def add_datadog_batch(request: web.Request) -> web.Response:
 async def remove_datadog_batch(request: web.Request) -> web.Response:
     if (refusal := _authorised(request)) is not None:
         return refusal
-    daemon = request.app[DAEMON]
+    watch_list = request.app[PORTS].watch_list
     batch_id = request.match_info["batch_id"]
-    if not BATCH_ID.fullmatch(batch_id):
-        return _error(400, "batch_id must match [A-Za-z0-9._:-]{1,128}")
+    if not is_valid_batch_id(batch_id):
+        return _error(400, f"batch_id must {BATCH_ID_RULE}")
     requested = request.query.get("target")
-    target = daemon.datadog_target(requested)
+    target = _datadog_target(watch_list.datadog_targets(), requested)
     if target is None:
         return _error(400, f"unknown or ambiguous Datadog target {requested!r}")
-    if not daemon.unwatch(target, batch_id):
+    if not watch_list.unwatch(target, batch_id):
         return _error(404, f"batch {batch_id!r} is not watched on target {target!r}")
     return web.Response(status=204)
 
 
-def build_app(daemon: Daemon) -> web.Application:
-    app = web.Application(client_max_size=daemon.settings.http.max_body_bytes)
-    app[DAEMON] = daemon
+def _datadog_target(known: list[str], requested: str | None) -> str | None:
+    """The Datadog target a watch request means, or None if ambiguous/unknown."""
+    if requested is None:
+        return known[0] if len(known) == 1 else None
+    return requested if requested in known else None
+
+
+def build_app(ports: ApiPorts, registry: CollectorRegistry, http: HttpSettings
+              ) -> web.Application:
+    app = web.Application(client_max_size=http.max_body_bytes)
+    app[PORTS] = ports
+    app[HTTP] = http
     app.router.add_get("/", index)
-    app.router.add_get("/metrics", make_aiohttp_handler(daemon.metrics.registry))
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/batches", list_batches)

@@ -1,4 +1,4 @@
-"""``batchscope once`` and ``batchscope wait``: the pollers without the daemon around them."""
+"""``batchscope once`` and ``batchscope wait``: the daemon's parts without the daemon."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from typing import Any
 
 import aiohttp
 
-from batchscope.http.app import batch_view
+from batchscope.http.views import batch_view
 from batchscope.model import Source, State, is_terminal
-from batchscope.runtime.pollers import DatadogPoller, EnginePoller, TargetPoller
-from batchscope.settings import DatadogTarget, EngineTarget, Settings
+from batchscope.runtime import compose
+from batchscope.runtime.compose import TargetSettings
+from batchscope.runtime.pollers import EnginePoller, TargetPoller
+from batchscope.runtime.publisher import Publisher
+from batchscope.settings import DatadogTarget, Settings
 from batchscope.sinks.logs import EventLog
-from batchscope.sources.datadog import DatadogClient
-from batchscope.sources.engine import EngineClient
 from batchscope.sources.fetch import PollError
-from batchscope.tracker import Outcome, Tracker
+from batchscope.tracker import Core
 from batchscope.tracker.rules import engine_end_state
 
 
@@ -24,62 +25,52 @@ class WaitTimeout(Exception):
     pass
 
 
-class _Round:
-    """A tracker plus pollers for every configured target, logging events as they come."""
+class OneShot:
+    """A core, log-only publishing and pollers for some targets: no state file, no HTTP."""
 
-    def __init__(self, settings: Settings, sessions: list[aiohttp.ClientSession]) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.tracker = Tracker(retention=settings.retention,
-                               max_tracked=settings.max_tracked_batches)
+        self.core: Core = compose.new_core(settings)
         self.log = EventLog()
-        self.pollers: list[TargetPoller] = []
-        self._sessions = sessions
+        self.publish = Publisher(self.log)
+        self._sessions: list[aiohttp.ClientSession] = []
 
-    def publish(self, outcome: Outcome) -> None:
-        self.log.events(outcome.events)
-        self.log.notices(outcome.notices)
+    def start(self, targets: list[TargetSettings]) -> list[TargetPoller]:
+        self.publish(self.core.configure([compose.target_watch(t) for t in targets],
+                                         time.time()))
+        pollers = []
+        for t in targets:
+            session = aiohttp.ClientSession()
+            self._sessions.append(session)
+            pollers.append(compose.make_poller(
+                t, settings=self.settings, core=self.core, publish=self.publish,
+                clock=time.time, session=session, heartbeat=compose.heartbeat_for(t)))
+        return pollers
 
-    def add_engine(self, t: EngineTarget) -> EnginePoller:
-        session = aiohttp.ClientSession()
-        self._sessions.append(session)
-        poller = EnginePoller(t, self.settings.interval_for(t), self.tracker,
-                              EngineClient(t, session), self.publish, time.time, {})
-        self.pollers.append(poller)
-        return poller
+    def target_down(self, poller: TargetPoller, error: BaseException) -> None:
+        reason = error.reason if isinstance(error, PollError) else "invalid_response"
+        self.log.target_down(poller.source.value, poller.name, reason, str(error))
 
-    def add_datadog(self, t: DatadogTarget, batch_ids: list[str]) -> DatadogPoller:
-        session = aiohttp.ClientSession()
-        self._sessions.append(session)
-        for batch_id in batch_ids:
-            self.tracker.datadog_watch(t.name, batch_id, time.time())
-        poller = DatadogPoller(t, self.settings.interval_for(t), self.tracker,
-                               DatadogClient(t, session), self.publish, time.time)
-        self.pollers.append(poller)
-        return poller
+    async def close(self) -> None:
+        for s in self._sessions:
+            await s.close()
 
 
 async def poll_once(settings: Settings) -> tuple[list[dict[str, Any]], bool]:
     """One round of every target; returns (batches, whether any target failed)."""
-    sessions: list[aiohttp.ClientSession] = []
+    shot = OneShot(settings)
     try:
-        round_ = _Round(settings, sessions)
-        for e in settings.engines:
-            round_.add_engine(e)
-        for d in settings.datadog:
-            round_.add_datadog(d, list(d.batch_ids))
-        results = await asyncio.gather(*(p.poll_once() for p in round_.pollers),
+        pollers = shot.start(compose.configured_targets(settings))
+        results = await asyncio.gather(*(p.poll_once() for p in pollers),
                                        return_exceptions=True)
         failed = False
-        for poller, result in zip(round_.pollers, results, strict=True):
+        for poller, result in zip(pollers, results, strict=True):
             if isinstance(result, BaseException):
                 failed = True
-                reason = result.reason if isinstance(result, PollError) else "invalid_response"
-                round_.log.target_down(poller.source.value, poller.name, reason, str(result))
-        rows = [batch_view(rec) for rec in round_.tracker.records.values()]
-        return rows, failed
+                shot.target_down(poller, result)
+        return [batch_view(rec) for rec in shot.core.batches()], failed
     finally:
-        for s in sessions:
-            await s.close()
+        await shot.close()
 
 
 def _pick(targets: list[Any], name: str | None, source: str) -> Any:
@@ -96,45 +87,47 @@ def _pick(targets: list[Any], name: str | None, source: str) -> Any:
 async def wait_for_batch(
     settings: Settings, source: str, target: str | None, batch_id: str, deadline: float
 ) -> str:
-    """Poll until the batch is terminal; returns its final state."""
-    sessions: list[aiohttp.ClientSession] = []
+    """Poll until the batch is terminal; returns its final state.
+
+    ``deadline`` (``time.monotonic()``) bounds everything, slow or stuck upstream
+    requests and their retries included: a CI gate answers on time.
+    """
+    src = Source(source)
+    chosen: TargetSettings
+    if src is Source.ENGINE:
+        chosen = _pick(settings.engines, target, source)
+    else:
+        picked: DatadogTarget = _pick(settings.datadog, target, source)
+        chosen = picked.model_copy(update={"batch_ids": [batch_id]})
+    loop = asyncio.get_running_loop()
+    shot = OneShot(settings)
+    state = "unknown"
     try:
-        round_ = _Round(settings, sessions)
-        poller: TargetPoller
-        src = Source(source)
-        if src is Source.ENGINE:
-            t_e = _pick(settings.engines, target, source)
-            poller = round_.add_engine(t_e)
-            interval, name = settings.interval_for(t_e), t_e.name
-        else:
-            t_d = _pick(settings.datadog, target, source)
-            poller = round_.add_datadog(t_d, [batch_id])
-            interval, name = settings.interval_for(t_d), t_d.name
-        while True:
-            try:
-                await poller.poll_once()
-            except PollError as exc:
-                round_.log.target_down(source, name, exc.reason, exc.detail)
-            rec = round_.tracker.get(src, name, batch_id)
-            if rec is not None and is_terminal(src, rec.state):
-                return rec.state.value
-            if src is Source.ENGINE and rec is None:
-                ended = await _engine_end_state(poller, batch_id)
-                if ended is not None:
-                    return ended.value
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                state = rec.state.value if rec is not None else "unknown"
-                raise WaitTimeout(f"batch {batch_id} still {state}")
-            await asyncio.sleep(min(interval, remaining))
+        async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
+            [poller] = shot.start([chosen])
+            while True:
+                try:
+                    await poller.poll_once()
+                except PollError as exc:
+                    shot.target_down(poller, exc)
+                rec = shot.core.get(src, poller.name, batch_id)
+                if rec is not None:
+                    state = rec.state.value
+                    if is_terminal(src, rec.state):
+                        return rec.state.value
+                elif isinstance(poller, EnginePoller):
+                    ended = await _engine_end_state(poller, batch_id)
+                    if ended is not None:
+                        return ended.value
+                await asyncio.sleep(poller.interval)
+    except TimeoutError:
+        raise WaitTimeout(f"batch {batch_id} still {state}") from None
     finally:
-        for s in sessions:
-            await s.close()
+        await shot.close()
 
 
-async def _engine_end_state(poller: TargetPoller, batch_id: str) -> State | None:
+async def _engine_end_state(poller: EnginePoller, batch_id: str) -> State | None:
     """End state of a batch that is not in the runtime list (it may have ended long ago)."""
-    assert isinstance(poller, EnginePoller)
     try:
         record = await poller.client.history_record(batch_id)
         if record is not None:

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BeforeValidator, FilePath, SecretStr
 from pydantic_core import PydanticCustomError
 
+from batchscope.model import BATCH_ID_PATTERN, BATCH_ID_RULE, is_valid_batch_id
+
 __all__ = [
     "BATCH_ID_PATTERN",
     "DATADOG_SITES",
@@ -32,9 +34,6 @@ __all__ = [
 
 TARGET_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 """A target name (the ``target`` label); matched with ``fullmatch``."""
-
-BATCH_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-"""A Datadog CI batch id; matched with ``fullmatch``."""
 
 DATADOG_SITES: tuple[str, ...] = (
     "datadoghq.com",
@@ -109,10 +108,8 @@ TargetName = Annotated[str, AfterValidator(_check_target_name)]
 
 
 def _check_batch_id(value: str) -> str:
-    if not BATCH_ID_PATTERN.fullmatch(value):
-        raise PydanticCustomError(
-            "batch_id", "Batch id must be 1 to 128 characters from A-Z a-z 0-9 . _ : -"
-        )
+    if not is_valid_batch_id(value):
+        raise PydanticCustomError("batch_id", f"Batch id must {BATCH_ID_RULE}")
     return value
 
 

@@ -26,6 +26,7 @@ from batchscope.model import (
     SOURCE_STATES,
     STATES,
     BatchTransition,
+    ErrorReason,
     Event,
     ResultTransition,
     Source,
@@ -33,7 +34,6 @@ from batchscope.model import (
     is_terminal,
     possible_transitions,
 )
-from batchscope.sources.fetch import REASONS
 from batchscope.tracker import TrackedBatch, Tracker
 
 # Batches run for minutes to hours; the client's default buckets stop at 10 s.
@@ -112,7 +112,7 @@ class Metrics:
             self.durations.labels(s, target, state.value)
         self.target_up.labels(s, target).set(0)
         self.polls.labels(s, target)
-        for reason in REASONS:
+        for reason in ErrorReason:
             self.poll_errors.labels(s, target, reason)
         self.poll_duration.labels(s, target)
         self.last_success.labels(s, target)
@@ -202,10 +202,7 @@ class TrackerCollector(Collector):
                 [rec.source.value, rec.target, rec.batch_id, rec.batch_type, rec.state.value], 1
             )
             if rec.jobs is not None:
-                j = rec.jobs
-                for kind, value in (("total", j.total), ("created", j.created),
-                                    ("completed", j.completed), ("remaining", j.remaining),
-                                    ("failed", j.failed)):
+                for kind, value in rec.jobs.by_kind():
                     jobs_family.add_metric([rec.target, rec.batch_id, rec.batch_type, kind], value)
             if rec.result_counts is not None:
                 c = rec.result_counts

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
+from batchscope.sinks.state_format import record_from_row, record_to_row
 from batchscope.tracker import Key, TrackedBatch
-from batchscope.tracker.tracker import record_from_dict, record_to_dict
 
 SCHEMA_VERSION = 1
 MEMORY = ":memory:"
@@ -95,7 +95,7 @@ class StateStore:
                 meta=orjson.loads(rows["meta"]) if "meta" in rows else {},
             )
             for (data,) in conn.execute("SELECT data FROM batches"):
-                state.records.append(record_from_dict(orjson.loads(data)))
+                state.records.append(record_from_row(orjson.loads(data)))
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{self.path}: not a usable state file: {exc}") from exc
         except (ValueError, KeyError, TypeError) as exc:
@@ -177,7 +177,7 @@ class StateStore:
         meta: dict[str, Any],
     ) -> None:
         # Serialise on the loop (records are mutated there); write on the store thread.
-        rows = [record_to_dict(rec) for rec in changed]
+        rows = [record_to_row(rec) for rec in changed]
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(
             self._executor, self._write, rows, list(forgotten), seq, dict(meta)

@@ -38,10 +38,22 @@ class PollError(Exception):
 
 
 class NotFound(PollError):
-    """HTTP 404: the caller decides whether that is an error or an answer."""
+    """HTTP 404: the caller decides whether that is an error or an answer.
 
-    def __init__(self, detail: str) -> None:
+    ``body`` is the decoded JSON body, or None when it was empty or not JSON: only the
+    upstream's own "does not exist" answer means gone, a proxy's 404 does not.
+    """
+
+    def __init__(self, detail: str, body: Any = None) -> None:
         super().__init__("http_4xx", detail, status=404)
+        self.body = body
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +180,7 @@ async def get_json(
         raise PollError("connection", f"{type(exc).__name__}: {exc}") from exc
 
     if status == 404:
-        raise NotFound(_error_message(body) or "not found")
+        raise NotFound(_error_message(body) or "not found", _json_or_none(body))
     if status in (401, 403):
         raise PollError("auth", f"HTTP {status} {_error_message(body)}".strip(), status=status)
     if status == 429:

@@ -35,14 +35,19 @@ def engine_made_progress(before: JobCounts | None, after: JobCounts) -> bool:
     )
 
 
-def engine_end_state(record: EngineHistoryRecord | None, last_state: State) -> State | None:
+def engine_end_state(
+    record: EngineHistoryRecord | None, last_state: State, *, still_running: bool = False
+) -> State | None:
     """Terminal state of a batch that left the runtime list, or None if not decided yet.
 
-    ``record`` is None when ``/history/batch/{id}`` answered 404: the history row is gone
-    (cascade delete, history level below FULL, or history cleanup).
+    The one end-of-batch decision: the daemon's lookups, its history sweep and
+    ``batchscope wait`` all ask it. ``record`` is None when the engine says it has no
+    history row (cascade delete, history level below FULL, or history cleanup);
+    ``still_running`` says the runtime still lists the batch (it was only skipped by a
+    paged listing), which is no end at all.
     """
     if record is None:
-        return State.VANISHED
+        return None if still_running else State.VANISHED
     if record.end_time is None:
         # The runtime row is gone but history has not recorded the end yet; ask again.
         return None

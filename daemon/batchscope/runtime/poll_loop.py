@@ -1,0 +1,97 @@
+"""One target's poll loop: poll, back off on failure, report health changes once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from batchscope.model import ErrorReason
+from batchscope.runtime.pollers import Clock, TargetPoller
+from batchscope.settings import DatadogTarget, EngineTarget
+from batchscope.sinks.logs import EventLog, get_logger
+from batchscope.sinks.metrics import Metrics
+from batchscope.sources.fetch import PollError
+
+log = get_logger()
+
+
+def backoff_delay(interval: float, failures: int, retry_after: float | None,
+                  cap: float = 300.0) -> float:
+    """Exponential backoff with full jitter, never shorter than the normal interval."""
+    ceiling = max(interval, min(cap, interval * (2 ** min(failures, 16))))
+    delay = random.uniform(interval, ceiling)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+def classify_unexpected(exc: Exception) -> PollError:
+    """A bug or an upstream surprise the parsers did not foresee: never kill the loop."""
+    return PollError(ErrorReason.INVALID_RESPONSE, f"{type(exc).__name__}: {exc}")
+
+
+@dataclass(slots=True)
+class RunningTarget:
+    """A configured target while it is polled: its poller, session and loop task."""
+
+    settings: EngineTarget | DatadogTarget
+    poller: TargetPoller
+    session: aiohttp.ClientSession
+    task: asyncio.Task[None] | None = None
+    up: bool | None = None  # health as last logged (None: not polled yet)
+
+
+async def poll_forever(
+    rt: RunningTarget,
+    *,
+    stop: asyncio.Event,
+    metrics: Metrics,
+    log_sink: EventLog,
+    clock: Clock,
+    after_poll: Callable[[], None],
+) -> None:
+    """Poll until ``stop`` is set; a failure never ends the loop, it only delays it."""
+    poller = rt.poller
+    source, name = poller.source, poller.name
+    failures = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        poller.heartbeat.beat()
+        error: PollError | None = None
+        try:
+            await poller.poll_once()
+        except PollError as exc:
+            error = exc
+        except Exception as exc:
+            log.exception("poll.crashed", source=source.value, target=name)
+            error = classify_unexpected(exc)
+        elapsed = time.monotonic() - started
+        poller.heartbeat.attempts += 1
+        rate_limit = poller.rate_limit
+        if rate_limit is not None:
+            metrics.rate_limit(source, name, rate_limit.remaining)
+        if error is None:
+            failures = 0
+            metrics.poll_succeeded(source, name, elapsed, clock())
+            if rt.up is not True:
+                if rt.up is False:
+                    log_sink.target_up(source.value, name)
+                rt.up = True
+            delay = poller.interval
+        else:
+            failures += 1
+            metrics.poll_failed(source, name, error.reason, elapsed)
+            if rt.up is not False:
+                log_sink.target_down(source.value, name, error.reason, error.detail)
+                rt.up = False
+            delay = backoff_delay(poller.interval, failures, error.retry_after)
+        poller.heartbeat.expect_within(delay)
+        after_poll()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)

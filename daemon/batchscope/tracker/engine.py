@@ -1,0 +1,231 @@
+"""Engine batches: runtime listings, their ends, the history sweep and its cursor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from batchscope.model import (
+    EngineBatchSnapshot,
+    EngineHistoryRecord,
+    JobCounts,
+    Source,
+    State,
+)
+from batchscope.tracker import rules
+from batchscope.tracker.records import Outcome, RecordBook, TrackedBatch
+
+#: How far back each history sweep looks before the newest end time it has already seen:
+#: rows become visible in end-time order only roughly (commit order differs).
+SWEEP_OVERLAP = 120.0
+
+#: The engine's HTTP ``Date`` corrects the daemon's clock for the start watermark; a skew
+#: larger than this is a broken header or a broken clock, not a real offset, and is ignored.
+MAX_PLAUSIBLE_SKEW = 86_400.0
+
+
+@dataclass(slots=True)
+class HistoryCursor:
+    """Where an engine target's history sweep stands; persisted with the state.
+
+    ``watermark`` is the daemon's first start on the engine's clock: endings before it were
+    not watched and are recorded silently; later ones (even during an outage before the
+    first successful poll) are reported. ``recent`` holds the ids already handled inside
+    the overlap window, with their end times.
+    """
+
+    watermark: float
+    sweep_from: float
+    recent: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def starting(cls, started: float, server_time: float | None, now: float) -> tuple[
+            HistoryCursor, float | None]:
+        """The cursor of a first poll; also the skew ignored as implausible, if any.
+
+        The watermark is compared with the engine's ``endTime``, so a skewed daemon clock is
+        corrected with the engine's ``Date``; that has whole seconds, so only a real skew
+        (over 2 s) is corrected, and only a plausible one (under a day).
+        """
+        ignored = None
+        if server_time is not None:
+            skew = server_time + 0.5 - now
+            if abs(skew) > MAX_PLAUSIBLE_SKEW:
+                ignored = skew
+            elif abs(skew) > 2.0:
+                started += skew
+        return cls(watermark=started, sweep_from=started - SWEEP_OVERLAP), ignored
+
+    def is_new(self, row: EngineHistoryRecord) -> bool:
+        """Whether an ending is after the watermark (so it becomes an event)."""
+        return row.end_time is not None and row.end_time >= self.watermark
+
+    def advance(self, rows: Iterable[EngineHistoryRecord]) -> None:
+        """Remember the endings of one sweep and move its start up behind the newest."""
+        for r in rows:
+            if r.end_time is not None:
+                self.recent[r.batch_id] = r.end_time
+        if self.recent:
+            newest = max(self.recent.values())
+            self.sweep_from = max(self.sweep_from, newest - SWEEP_OVERLAP)
+        cutoff = self.sweep_from
+        for batch_id in [b for b, end in self.recent.items() if end < cutoff]:
+            del self.recent[batch_id]
+
+
+class EngineTracker(RecordBook):
+    def engine_runtime(
+        self,
+        target: str,
+        rows: Iterable[EngineBatchSnapshot],
+        now: float,
+        stall_after: float,
+        unreadable: frozenset[str] = frozenset(),
+    ) -> Outcome:
+        """Apply one complete ``/batch/statistics`` listing of a target.
+
+        ``Outcome.missing`` lists the batches that left the runtime list: their end must be
+        looked up. A row listed but unreadable (``unreadable``) is still running.
+        """
+        out = Outcome()
+        seen: set[str] = set(unreadable)
+        for row in rows:
+            seen.add(row.batch_id)
+            rec = self.records.get((Source.ENGINE, target, row.batch_id))
+            if rec is None:
+                self._engine_first_sighting(target, row, now, stall_after, out)
+                continue
+            if rec.terminal:
+                continue  # ids are never reused; a late runtime row changes nothing
+            rec.last_seen = now
+            # Only real changes are persisted: rewriting 10,000 unchanged rows every poll
+            # would cost megabytes of writes per cycle.
+            if row.jobs != rec.jobs or (row.start_time is not None
+                                        and row.start_time != rec.start_time):
+                if rules.engine_made_progress(rec.jobs, row.jobs):
+                    rec.progress_since = now
+                rec.jobs = row.jobs
+                if row.start_time is not None:
+                    rec.start_time = row.start_time
+                self.dirty.add(rec.key)
+            state = rules.engine_runtime_state(row, rec.progress_since, now, stall_after)
+            self._transition(rec, state, now, out)
+        active = self.active.get((Source.ENGINE, target), {})
+        out.missing.extend(
+            batch_id
+            for batch_id, rec in active.items()
+            if batch_id not in seen and rec.state is not State.NONE
+        )
+        return out
+
+    def _engine_first_sighting(
+        self,
+        target: str,
+        row: EngineBatchSnapshot,
+        now: float,
+        stall_after: float,
+        out: Outcome,
+    ) -> None:
+        rec = TrackedBatch(
+            source=Source.ENGINE,
+            target=target,
+            batch_id=row.batch_id,
+            batch_type=row.batch_type,
+            state=State.NONE,
+            state_since=now,
+            first_seen=now,
+            last_seen=now,
+            start_time=row.start_time,
+            jobs=row.jobs,
+            progress_since=now,
+        )
+        if not self._admit(rec, out):
+            return
+        state = rules.engine_runtime_state(row, now, now, stall_after)
+        self._transition(rec, state, now, out)
+
+    def engine_resolve(
+        self,
+        target: str,
+        batch_id: str,
+        record: EngineHistoryRecord | None,
+        now: float,
+        *,
+        still_running: bool = False,
+    ) -> Outcome:
+        """Decide the end of a batch that left the runtime list.
+
+        ``record`` is the history row (with the delete evidence), or None when the engine
+        says it has none; ``still_running`` whether the runtime still has the batch.
+        """
+        out = Outcome()
+        rec = self.records.get((Source.ENGINE, target, batch_id))
+        if rec is None or rec.terminal:
+            return out
+        state = rules.engine_end_state(record, rec.state, still_running=still_running)
+        if state is None:
+            return out
+        if record is not None and record.end_time is not None:
+            start = record.start_time if record.start_time is not None else rec.start_time
+            if start is None:
+                start = rec.first_seen
+            duration = max(0.0, record.end_time - start)
+        else:
+            duration = max(0.0, now - (rec.start_time if rec.start_time is not None
+                                       else rec.first_seen))
+        rec.last_seen = now
+        self._transition(rec, state, now, out, duration=duration)
+        return out
+
+    def engine_history(
+        self,
+        target: str,
+        records: Iterable[EngineHistoryRecord],
+        now: float,
+        watermark: float,
+    ) -> Outcome:
+        """Record finished batches found by the history sweep that were never tracked.
+
+        Those that ended at or after ``watermark`` started and finished between two polls:
+        they get a ``none -> passed|cancelled`` transition. Older ones ended before the
+        daemon was watching: they are recorded without a transition or a count.
+        """
+        out = Outcome()
+        # Each id is considered once per call: offset paging over a changing list can return
+        # a row twice, and a batch tracked at the start of the call must not come back as
+        # new after an eviction made room for another row of the same listing.
+        rows = list(records)
+        handled = {h.batch_id for h in rows if (Source.ENGINE, target, h.batch_id) in self.records}
+        for hist in rows:
+            key = (Source.ENGINE, target, hist.batch_id)
+            if key in self.records or hist.end_time is None or hist.batch_id in handled:
+                continue
+            handled.add(hist.batch_id)
+            end_state = rules.engine_end_state(hist, State.NONE)
+            if end_state is None:
+                continue
+            start = hist.start_time if hist.start_time is not None else hist.end_time
+            total = hist.total_jobs or 0
+            rec = TrackedBatch(
+                source=Source.ENGINE,
+                target=target,
+                batch_id=hist.batch_id,
+                batch_type=hist.batch_type,
+                state=State.NONE,
+                state_since=now,
+                first_seen=now,
+                last_seen=now,
+                start_time=start,
+                jobs=JobCounts(total=total, created=total, completed=total,
+                               remaining=0, failed=0),
+                progress_since=now,
+            )
+            if hist.end_time < watermark:
+                if self._admit(rec, out, silent=True):
+                    self._set_state(rec, end_state, now)
+                continue
+            if not self._admit(rec, out):
+                continue
+            self._transition(rec, end_state, now, out,
+                             duration=max(0.0, hist.end_time - start))
+        return out

@@ -1,0 +1,255 @@
+"""Tracked records and their bookkeeping: admission, eviction, retention, counts, changes.
+
+The base of the tracker: the engine and Datadog rules (``engine.py``, ``datadog.py``) add
+and move records only through these methods, so the indexes, the per-state counts and the
+change set the state store reads can never disagree with the records themselves.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from batchscope.model import (
+    BatchTransition,
+    CiMetadata,
+    Event,
+    JobCounts,
+    Notice,
+    ResultCounts,
+    ResultKey,
+    ResultState,
+    Source,
+    State,
+    is_terminal,
+)
+
+Key = tuple[Source, str, str]  # (source, target, batch_id)
+TargetKey = tuple[Source, str]  # (source, target)
+
+
+@dataclass(slots=True)
+class ResultSlot:
+    """What is known of one CI result lineage (its attempts share the slot)."""
+
+    state: ResultState
+    result_id: str | None
+    retries: int | None
+
+
+@dataclass(slots=True)
+class TrackedBatch:
+    source: Source
+    target: str
+    batch_id: str
+    batch_type: str
+    state: State
+    state_since: float
+    first_seen: float
+    last_seen: float
+    start_time: float | None = None
+    # engine
+    jobs: JobCounts | None = None
+    progress_since: float = 0.0
+    # datadog
+    raw_status: str | None = None
+    unknown_status_reported: str | None = None
+    results: dict[ResultKey, ResultSlot] = field(default_factory=dict)
+    result_counts: ResultCounts | None = None
+    metadata: CiMetadata | None = None
+    not_found_since: float | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.source, self.target, self.batch_id)
+
+    @property
+    def terminal(self) -> bool:
+        return is_terminal(self.source, self.state)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one tracker call produced."""
+
+    events: list[Event] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # engine: runtime rows that disappeared
+
+    def extend(self, other: Outcome) -> None:
+        self.events.extend(other.events)
+        self.notices.extend(other.notices)
+        self.missing.extend(other.missing)
+
+
+@dataclass(slots=True)
+class RecordChanges:
+    """Records changed and keys forgotten since the last :meth:`RecordBook.take_changes`."""
+
+    changed: list[TrackedBatch]
+    forgotten: list[Key]
+
+
+class RecordBook:
+    """Every tracked batch, indexed for the pollers (active), expiry (ended) and metrics."""
+
+    def __init__(self, *, retention: float, max_tracked: int, seq: int = 0) -> None:
+        self.retention = retention
+        self.max_tracked = max_tracked
+        self.seq = seq
+        self.records: dict[Key, TrackedBatch] = {}
+        # Non-terminal records per (source, target): what pollers iterate and what the
+        # per-batch metric series show.
+        self.active: dict[TargetKey, dict[str, TrackedBatch]] = {}
+        # Terminal keys in the order they ended: expiry and eviction pop from the front.
+        self._ended: dict[Key, None] = {}
+        self.counts: Counter[tuple[Source, str, State]] = Counter()
+        self.dirty: set[Key] = set()
+        self.forgotten: set[Key] = set()
+        self.evictions = 0
+        self.refused = 0
+
+    # ------------------------------------------------------------------ reading
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get(self, source: Source, target: str, batch_id: str) -> TrackedBatch | None:
+        return self.records.get((source, target, batch_id))
+
+    def active_for(self, source: Source, target: str) -> dict[str, TrackedBatch]:
+        return self.active.get((source, target), {})
+
+    def iter_active(self) -> Iterator[TrackedBatch]:
+        for batches in self.active.values():
+            yield from batches.values()
+
+    def targets(self) -> set[TargetKey]:
+        return {(k[0], k[1]) for k in self.records}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def forget_target(self, source: Source, target: str) -> int:
+        """Drop every record of a target that is no longer configured."""
+        keys = [k for k in self.records if k[0] is source and k[1] == target]
+        for key in keys:
+            self._forget(key)
+        self.active.pop((source, target), None)
+        return len(keys)
+
+    def expire(self, now: float) -> int:
+        """Forget terminal batches older than the retention; returns how many."""
+        forgotten = 0
+        while self._ended:
+            key = next(iter(self._ended))
+            rec = self.records[key]
+            if now - rec.state_since < self.retention:
+                break
+            self._forget(key)
+            forgotten += 1
+        return forgotten
+
+    def restore(self, records: Iterable[TrackedBatch], seq: int) -> None:
+        """Load persisted state; marks nothing dirty."""
+        self.seq = max(self.seq, seq)
+        for rec in sorted(records, key=lambda r: r.state_since):
+            self.records[rec.key] = rec
+            self._index(rec)
+            self.counts[(rec.source, rec.target, rec.state)] += 1
+
+    def take_changes(self) -> tuple[list[TrackedBatch], list[Key]]:
+        """Records changed and keys forgotten since the last call (for the state store)."""
+        changed = [self.records[k] for k in self.dirty if k in self.records]
+        forgotten = list(self.forgotten)
+        self.dirty.clear()
+        self.forgotten.clear()
+        return changed, forgotten
+
+    def requeue(self, changed: Iterable[TrackedBatch], forgotten: Iterable[Key]) -> None:
+        """Changes a failed save did not write: they go out with the next one."""
+        for rec in changed:
+            if rec.key in self.records:
+                self.dirty.add(rec.key)
+        self.forgotten.update(k for k in forgotten if k not in self.records)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.dirty or self.forgotten)
+
+    # ------------------------------------------------------------------ internals
+
+    def _admit(self, rec: TrackedBatch, out: Outcome, *, silent: bool = False) -> bool:
+        """Make room for a new record: evict the oldest terminal batch, or refuse."""
+        if len(self.records) >= self.max_tracked:
+            if not self._ended:
+                self.refused += 1
+                if not silent:
+                    out.notices.append(Notice("tracker.full", "error", {
+                        "source": rec.source.value, "target": rec.target,
+                        "batch_id": rec.batch_id, "max_tracked_batches": self.max_tracked,
+                    }))
+                return False
+            self._forget(next(iter(self._ended)))
+            self.evictions += 1
+        self.records[rec.key] = rec
+        self.counts[(rec.source, rec.target, rec.state)] += 1
+        self._index(rec)
+        self.dirty.add(rec.key)
+        self.forgotten.discard(rec.key)  # forgotten and re-added before a save: keep it
+        return True
+
+    def _index(self, rec: TrackedBatch) -> None:
+        if rec.terminal:
+            self._ended[rec.key] = None
+        else:
+            self.active.setdefault((rec.source, rec.target), {})[rec.batch_id] = rec
+
+    def _forget(self, key: Key) -> None:
+        rec = self.records.pop(key)
+        self.counts[(rec.source, rec.target, rec.state)] -= 1
+        self._ended.pop(key, None)
+        self.active.get((rec.source, rec.target), {}).pop(rec.batch_id, None)
+        self.dirty.discard(key)
+        self.forgotten.add(key)
+
+    def _set_state(self, rec: TrackedBatch, state: State, now: float) -> None:
+        if state is rec.state:
+            return
+        self.counts[(rec.source, rec.target, rec.state)] -= 1
+        self.counts[(rec.source, rec.target, state)] += 1
+        rec.state = state
+        rec.state_since = now
+        self.dirty.add(rec.key)
+        if rec.terminal:
+            self.active.get((rec.source, rec.target), {}).pop(rec.batch_id, None)
+            self._ended[rec.key] = None
+
+    def _transition(
+        self,
+        rec: TrackedBatch,
+        state: State,
+        now: float,
+        out: Outcome,
+        *,
+        duration: float | None = None,
+    ) -> None:
+        if state is rec.state:
+            return
+        before = rec.state
+        self._set_state(rec, state, now)
+        self.seq += 1
+        out.events.append(BatchTransition(
+            seq=self.seq,
+            time=now,
+            source=rec.source,
+            target=rec.target,
+            batch_id=rec.batch_id,
+            batch_type=rec.batch_type,
+            from_state=before,
+            to_state=state,
+            jobs=rec.jobs if rec.source is Source.ENGINE else None,
+            duration_seconds=duration if rec.terminal else None,
+            results=rec.result_counts if rec.source is Source.DATADOG else None,
+            metadata=rec.metadata if rec.source is Source.DATADOG else None,
+        ))
