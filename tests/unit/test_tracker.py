@@ -258,16 +258,17 @@ def result_transitions(events: list[object]) -> list[tuple[str, str, str | None,
 
 
 def test_ci_result_lifecycle_with_retry() -> None:
-    """Results: first sighting, a new attempt (new result_id), then the final state."""
+    """Results: first sighting, a new attempt (new result_id naming the first one in
+    initial_result_id), then the final state."""
     tracker = watched()
     a = tracker.datadog_snapshot(DD, dd("in_progress", res("in_progress")), 1.0, 2700.0)
     b = tracker.datadog_snapshot(DD, dd("in_progress", res("in_progress")), 2.0, 2700.0)
-    c = tracker.datadog_snapshot(
-        DD, dd("in_progress", res("in_progress", result_id="r2", retries=0)), 3.0, 2700.0)
-    d = tracker.datadog_snapshot(
-        DD, dd("in_progress", res("in_progress", result_id="r2", retries=1)), 4.0, 2700.0)
-    e = tracker.datadog_snapshot(
-        DD, dd("passed", res("passed", result_id="r2", retries=1)), 5.0, 2700.0)
+    c = tracker.datadog_snapshot(DD, dd("in_progress", res(
+        "in_progress", result_id="r2", retries=0, initial="r1")), 3.0, 2700.0)
+    d = tracker.datadog_snapshot(DD, dd("in_progress", res(
+        "in_progress", result_id="r2", retries=1, initial="r1")), 4.0, 2700.0)
+    e = tracker.datadog_snapshot(DD, dd("passed", res(
+        "passed", result_id="r2", retries=1, initial="r1")), 5.0, 2700.0)
     assert result_transitions(a.events) == [("none", "in_progress", "r1", None)]
     assert result_transitions(b.events) == []
     assert result_transitions(c.events) == [("in_progress", "in_progress", "r2", 0)]
@@ -397,3 +398,67 @@ def test_forget_target_drops_its_records() -> None:
     assert tracker.forget_target(Source.ENGINE, "old") == 1
     assert tracker.targets() == {(Source.ENGINE, T)}
     assert tracker.counts[(Source.ENGINE, "old", State.FAILED)] == 0
+
+
+# --------------------------------------------------------------------------- result lineage
+
+
+def test_results_listed_in_another_order_change_nothing() -> None:
+    """Results are identified by their result_id lineage, not by their position: the same
+    results in another order (two of them sharing test, location and device) give no event."""
+    tracker = watched()
+    first = res("in_progress", result_id="a1")
+    twin = res("failed", result_id="a2")  # same test, location and device as ``first``
+    other = res("passed", result_id="b1", test="xyz-xyz-xyz")
+    out = tracker.datadog_snapshot(DD, dd("in_progress", first, twin, other), 1.0, 2700.0)
+    assert len(result_transitions(out.events)) == 3
+    again = tracker.datadog_snapshot(DD, dd("in_progress", other, twin, first), 2.0, 2700.0)
+    assert again.events == []
+    rec = tracker.get(Source.DATADOG, DD, "ci-1")
+    assert rec is not None and rec.result_counts is not None
+    assert (rec.result_counts.total, rec.result_counts.failed) == (3, 1)
+
+
+def test_a_fast_retry_is_exactly_one_retry_event() -> None:
+    """datadog-ci's fast retry: the attempt in flight keeps its id with retries 0, the final
+    attempt has a new id, retries 1 and initial_result_id: one event, not a new result."""
+    tracker = watched()
+    tracker.datadog_snapshot(DD, dd("in_progress", res("in_progress", result_id="r1",
+                                                        retries=0)), 1.0, 2700.0)
+    out = tracker.datadog_snapshot(DD, dd("in_progress", res(
+        "passed", result_id="r2", retries=1, initial="r1")), 2.0, 2700.0)
+    assert result_transitions(out.events) == [("in_progress", "passed", "r2", 1)]
+    # both attempts listed at once: the latest counts, nothing is reported twice
+    both = tracker.datadog_snapshot(DD, dd("passed", res("failed", result_id="r1", retries=0),
+                                           res("passed", result_id="r2", retries=1,
+                                               initial="r1")), 3.0, 2700.0)
+    assert result_transitions(both.events) == []
+    assert transitions(both.events) == [("in_progress", "passed")]
+
+
+def test_results_without_ids_are_told_apart_by_occurrence() -> None:
+    """Results skipped by a selective rerun have no result_id: two of one test, location and
+    device are two results, stable across polls."""
+    tracker = watched()
+    skipped = res("skipped", result_id=None)
+    out = tracker.datadog_snapshot(DD, dd("in_progress", skipped, skipped), 1.0, 2700.0)
+    assert len(result_transitions(out.events)) == 2
+    assert tracker.datadog_snapshot(DD, dd("in_progress", skipped, skipped), 2.0,
+                                    2700.0).events == []
+
+
+def test_a_flood_of_results_is_capped_with_one_notice() -> None:
+    """10,000 results sharing test, location and device: each is followed up to the cap,
+    the rest counted, one datadog.results_capped notice, and a second poll is quiet."""
+    from batchscope.tracker.datadog import MAX_RESULTS_PER_BATCH
+
+    tracker = watched()
+    flood = tuple(res("in_progress", result_id=f"r{i}") for i in range(10_000))
+    out = tracker.datadog_snapshot(DD, dd("in_progress", *flood), 1.0, 2700.0)
+    assert len(result_transitions(out.events)) == MAX_RESULTS_PER_BATCH
+    assert [n.event for n in out.notices] == ["datadog.results_capped"]
+    rec = tracker.get(Source.DATADOG, DD, "ci-1")
+    assert rec is not None and len(rec.results) == MAX_RESULTS_PER_BATCH
+    assert rec.result_counts is not None and rec.result_counts.total == 10_000
+    again = tracker.datadog_snapshot(DD, dd("in_progress", *flood), 2.0, 2700.0)
+    assert again.events == [] and again.notices == []

@@ -131,14 +131,16 @@ def history_record(batch_id: str, end: float | None, deleted: bool) -> EngineHis
 
 @dataclass
 class UpstreamCiBatch:
-    """A Datadog CI batch: raw status and per-test (status, result_id, retries)."""
+    """A Datadog CI batch: raw status and per-test (status, result_id, retries); a retry
+    names its first attempt in ``initial_result_id``, as datadog-ci shows it."""
 
     status: str = "in_progress"
     results: dict[str, tuple[str, str, int | None]] = field(default_factory=dict)
 
     def snapshot(self, batch_id: str) -> DatadogBatchSnapshot:
         return dd(self.status, *(
-            res(status, test=test, device="", result_id=result_id, retries=retries)
+            res(status, test=test, device="", result_id=result_id, retries=retries,
+                initial=None if retries is None else f"{batch_id}-{test}-0")
             for test, (status, result_id, retries) in self.results.items()
         ), batch_id=batch_id)
 

@@ -45,7 +45,10 @@ def dd(status: str, *results: CiResult, batch_id: str = "ci-1") -> DatadogBatchS
 
 
 def res(status: str, *, result_id: str | None = "r1", retries: int | None = None,
-        test: str = "abc-def-ghi", device: str = "chrome.laptop_large") -> CiResult:
-    """One CI result, in location aws:eu-central-1."""
+        test: str = "abc-def-ghi", device: str = "chrome.laptop_large",
+        initial: str | None = None) -> CiResult:
+    """One CI result, in location aws:eu-central-1; ``initial`` is the first attempt's
+    ``result_id`` on a retry, as datadog-ci sends it (``initial_result_id``)."""
     return CiResult(test_public_id=test, status=status, location="aws:eu-central-1",
-                    device=device, result_id=result_id, retries=retries)
+                    device=device, result_id=result_id, retries=retries,
+                    initial_result_id=initial)

@@ -41,7 +41,8 @@ def record_to_row(rec: TrackedBatch) -> dict[str, Any]:
         out["unknown_status_reported"] = rec.unknown_status_reported
         out["not_found_since"] = rec.not_found_since
         out["results"] = [
-            [*k, s.state.value, s.result_id, s.retries] for k, s in rec.results.items()
+            [lineage, s.state.value, s.result_id, s.retries]
+            for lineage, s in rec.results.items()
         ]
         if rec.result_counts is not None:
             c = rec.result_counts
@@ -72,15 +73,27 @@ def record_from_row(data: dict[str, Any]) -> TrackedBatch:
     rec.raw_status = data.get("raw_status")
     rec.unknown_status_reported = data.get("unknown_status_reported")
     rec.not_found_since = data.get("not_found_since")
-    for test_id, location, device, state, result_id, retries in data.get("results", []):
-        rec.results[(test_id, location, device)] = ResultSlot(
-            ResultState(state), result_id, retries
-        )
+    for row in data.get("results", []):
+        lineage, slot = _result_slot(row)
+        rec.results[lineage] = slot
     if data.get("result_counts") is not None:
         rec.result_counts = ResultCounts(*data["result_counts"])
     if data.get("metadata") is not None:
         rec.metadata = CiMetadata(*data["metadata"])
     return rec
+
+
+def _result_slot(row: list[Any]) -> tuple[str, ResultSlot]:
+    """A result row: ``[lineage, state, result_id, retries]``; files written before results
+    had lineages hold ``[test, location, device, state, result_id, retries]``, where a
+    device ending in ``#`` marked a repeat of the same test, location and device."""
+    if len(row) == 6:
+        test_id, location, device, state, result_id, retries = row
+        repeats = len(device) - len(device.rstrip("#"))
+        lineage = result_id or f"{test_id}|{location}|{device.rstrip('#')}|{repeats}"
+    else:
+        lineage, state, result_id, retries = row
+    return str(lineage), ResultSlot(ResultState(state), result_id, retries)
 
 
 def memory_to_meta(memory: dict[TargetKey, TargetMemory]) -> dict[str, Any]:

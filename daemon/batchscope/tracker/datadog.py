@@ -8,7 +8,6 @@ from batchscope.model import (
     DatadogBatchSnapshot,
     Notice,
     ResultCounts,
-    ResultKey,
     ResultState,
     ResultTransition,
     Source,
@@ -18,8 +17,50 @@ from batchscope.model import (
 from batchscope.tracker import rules
 from batchscope.tracker.records import Outcome, RecordBook, ResultSlot, TrackedBatch
 
+#: Results of one batch followed one by one; a batch listing more (a broken or hostile
+#: upstream) is still counted, but its extra results get no events and no state.
+MAX_RESULTS_PER_BATCH = 2_000
+
+
+def result_lineage(result: CiResult, occurrence: int) -> str:
+    """The identity of a result across its attempts, not its position in the list.
+
+    A fast retry's final attempt has a new ``result_id`` and names the first attempt in
+    ``initial_result_id``; results skipped by a selective rerun have no id at all and are
+    told apart by test, location, device and how many such came before.
+    """
+    if result.initial_result_id:
+        return result.initial_result_id
+    if result.result_id:
+        return result.result_id
+    return f"{result.test_public_id}|{result.location}|{result.device}|{occurrence}"
+
+
+def _latest_attempts(results: tuple[CiResult, ...]) -> dict[str, CiResult]:
+    """Each lineage's latest attempt (most retries; a retry over its first attempt)."""
+    latest: dict[str, CiResult] = {}
+    anonymous: dict[tuple[str, str, str], int] = {}
+    for result in results:
+        occurrence = 0
+        if not (result.initial_result_id or result.result_id):
+            occurrence = anonymous.get(result.key, 0)
+            anonymous[result.key] = occurrence + 1
+        lineage = result_lineage(result, occurrence)
+        known = latest.get(lineage)
+        if known is None or _attempt(result) >= _attempt(known):
+            latest[lineage] = result
+    return latest
+
+
+def _attempt(result: CiResult) -> tuple[int, int]:
+    return (result.retries or 0, 1 if result.initial_result_id else 0)
+
 
 class DatadogTracker(RecordBook):
+    def __init__(self, *, retention: float, max_tracked: int, seq: int = 0) -> None:
+        super().__init__(retention=retention, max_tracked=max_tracked, seq=seq)
+        self._capped: set[str] = set()  # batches whose result cap was already noticed
+
     def datadog_watch(self, target: str, batch_id: str, now: float) -> tuple[bool, Outcome]:
         """Start watching a CI batch; returns (newly added, outcome)."""
         out = Outcome()
@@ -81,16 +122,21 @@ class DatadogTracker(RecordBook):
     def _apply_results(
         self, rec: TrackedBatch, results: tuple[CiResult, ...], now: float, out: Outcome
     ) -> None:
+        """Fold a batch's results into its slots, one slot per result lineage.
+
+        Linear in the number of results. Results beyond :data:`MAX_RESULTS_PER_BATCH` are
+        counted but not followed one by one (noticed once per batch).
+        """
+        latest = _latest_attempts(results)
+        if len(latest) > MAX_RESULTS_PER_BATCH and rec.batch_id not in self._capped:
+            self._capped.add(rec.batch_id)
+            out.notices.append(Notice("datadog.results_capped", "warning", {
+                "target": rec.target, "batch_id": rec.batch_id, "results": len(latest),
+                "followed": MAX_RESULTS_PER_BATCH,
+            }))
         passed = failed = in_progress = 0
-        seen: set[ResultKey] = set()
-        for result in results:
-            key = result.key
-            while key in seen:
-                # The same test triggered twice at one location and device: keep the
-                # entries apart by position instead of letting them overwrite each other.
-                key = (key[0], key[1], key[2] + "#")
-            seen.add(key)
-            slot = rec.results.get(key)
+        for n, (lineage, result) in enumerate(latest.items()):
+            slot = rec.results.get(lineage)
             state = rules.ci_result_state(result.status)
             if state is None:
                 state = slot.state if slot is not None else ResultState.IN_PROGRESS
@@ -100,8 +146,10 @@ class DatadogTracker(RecordBook):
                 failed += 1
             elif state is ResultState.IN_PROGRESS:
                 in_progress += 1
+            if n >= MAX_RESULTS_PER_BATCH:
+                continue
             if slot is None:
-                rec.results[key] = ResultSlot(state, result.result_id, result.retries)
+                rec.results[lineage] = ResultSlot(state, result.result_id, result.retries)
                 self._emit_result(rec, result, ResultState.NONE, state, now, out)
                 continue
             new_attempt = (
@@ -115,7 +163,7 @@ class DatadogTracker(RecordBook):
                 slot.state, slot.result_id, slot.retries = state, result.result_id, result.retries
                 self._emit_result(rec, result, previous, state, now, out)
         rec.result_counts = ResultCounts(
-            total=len(results), passed=passed, failed=failed, in_progress=in_progress
+            total=len(latest), passed=passed, failed=failed, in_progress=in_progress
         )
 
     def _emit_result(

@@ -18,7 +18,6 @@ from batchscope.model import (
     JobCounts,
     Notice,
     ResultCounts,
-    ResultKey,
     ResultState,
     Source,
     State,
@@ -55,7 +54,7 @@ class TrackedBatch:
     # datadog
     raw_status: str | None = None
     unknown_status_reported: str | None = None
-    results: dict[ResultKey, ResultSlot] = field(default_factory=dict)
+    results: dict[str, ResultSlot] = field(default_factory=dict)  # by result lineage
     result_counts: ResultCounts | None = None
     metadata: CiMetadata | None = None
     not_found_since: float | None = None

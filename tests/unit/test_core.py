@@ -1,0 +1,176 @@
+"""The core as a pure object: targets, the watch list, the history cursor, apply, changes."""
+
+from __future__ import annotations
+
+import orjson
+
+from batchscope.model import BatchTransition, Source, State
+from batchscope.sinks.state_format import (
+    memory_from_meta,
+    memory_to_meta,
+    record_from_row,
+    record_to_row,
+)
+from batchscope.tracker import ConfiguredIds, Core, DatadogWatch, EngineWatch, HistoryCursor
+from batchscope.tracker.engine import MAX_PLAUSIBLE_SKEW, SWEEP_OVERLAP
+from batchscope.tracker.observations import (
+    CiBatchNotFound,
+    EndLookedUp,
+    HistorySwept,
+    RuntimeListed,
+)
+from tracker_builders import eng, hist
+
+ENGINE = EngineWatch(name="prod", stall_after=100.0)
+E = (Source.ENGINE, "prod")
+D = (Source.DATADOG, "ci")
+
+
+def datadog(*ids: str) -> DatadogWatch:
+    return DatadogWatch(name="ci", stall_after=100.0, not_found_grace=5.0, batch_ids=ids)
+
+
+def states(events: list[object]) -> list[tuple[str, str, str]]:
+    return [(e.batch_id, e.from_state.value, e.to_state.value) for e in events
+            if isinstance(e, BatchTransition)]
+
+
+def restarted(core: Core, watches: list[EngineWatch | DatadogWatch], now: float) -> Core:
+    """What a restart does: the core's changes through the state file's JSON form."""
+    changes = core.take_changes()
+    fresh = Core(retention=3600, max_tracked=100)
+    rows = [record_from_row(orjson.loads(orjson.dumps(record_to_row(r))))
+            for r in core.batches()]
+    meta = orjson.loads(orjson.dumps(memory_to_meta(changes.memory)))
+    fresh.restore(rows, changes.seq, memory_from_meta(meta))
+    fresh.configure(watches, now)
+    return fresh
+
+
+def test_configured_batch_ids_are_watched_once_ever() -> None:
+    """A configured id is watched at start; once it ended and was forgotten, a restart with
+    the same settings does not watch (and report) it again."""
+    core = Core(retention=10, max_tracked=100)
+    out = core.configure([datadog("b-1")], 0.0)
+    assert core.watched("ci") == ["b-1"]
+    assert [n.event for n in out.notices] == ["datadog.watch"]
+    core.apply(D, CiBatchNotFound("b-1"), 1.0)
+    core.apply(D, CiBatchNotFound("b-1"), 7.0)  # past the grace: vanished, terminal
+    assert core.get(Source.DATADOG, "ci", "b-1").state is State.VANISHED  # type: ignore[union-attr]
+    core.expire(100.0)
+    assert core.get(Source.DATADOG, "ci", "b-1") is None
+    again = restarted(core, [datadog("b-1")], 200.0)
+    assert again.watched("ci") == []
+
+
+def test_an_unconfigured_target_is_forgotten_with_a_notice() -> None:
+    """Records and memory of a target gone from the settings are dropped, once."""
+    core = Core(retention=3600, max_tracked=100)
+    core.configure([ENGINE, datadog("b-1")], 0.0)
+    core.apply(E, RuntimeListed([eng("x")]), 1.0)
+    out = core.configure([datadog("b-1")], 2.0)
+    assert [(n.event, n.fields["source"], n.fields["batches"]) for n in out.notices] == [
+        ("target.forgotten", "engine", 1)]
+    assert core.get(Source.ENGINE, "prod", "x") is None
+    assert (Source.ENGINE, "prod") not in core.take_changes().memory
+
+
+def test_the_watermark_follows_a_plausible_engine_clock_only() -> None:
+    """The first listing starts the history cursor on the engine's clock (Date header) when
+    the clocks differ by more than 2 s; an implausible Date is ignored with a notice."""
+    for server_time, expected, notices in [
+        (None, 10.0, []),
+        (1_000.0 - 0.5, 10.0 - 0.0, []),  # same clock (Date has whole seconds)
+        (400.0 - 0.5, 10.0 - 600.0, []),  # engine 10 minutes behind
+        (1_000.0 + 10 * MAX_PLAUSIBLE_SKEW, 10.0, ["engine.clock_skew_ignored"]),
+        (1_000.0 - 10 * MAX_PLAUSIBLE_SKEW, 10.0, ["engine.clock_skew_ignored"]),
+    ]:
+        core = Core(retention=3600, max_tracked=100)
+        core.configure([ENGINE], 10.0)
+        out = core.apply(E, RuntimeListed([], server_time), 1_000.0)
+        cursor = core.cursor("prod")
+        assert cursor is not None and cursor.watermark == expected, server_time
+        assert cursor.sweep_from == expected - SWEEP_OVERLAP
+        assert [n.event for n in out.notices] == notices
+
+
+def test_a_watermark_from_the_future_is_not_kept() -> None:
+    """A persisted watermark far ahead of the clock (written under a wrong clock) would hide
+    every short batch until that date: it is discarded, with a notice."""
+    core = Core(retention=3600, max_tracked=100)
+    future = HistoryCursor(watermark=4_000_000_000.0, sweep_from=4_000_000_000.0)
+    core.restore([], 0, {E: future})
+    out = core.configure([ENGINE], 1_000.0)
+    assert [n.event for n in out.notices] == ["engine.watermark_discarded"]
+    core.apply(E, RuntimeListed([]), 1_000.0)
+    assert core.cursor("prod").watermark == 1_000.0  # type: ignore[union-attr]
+
+
+def test_a_batch_gone_from_the_runtime_ends_by_the_one_end_rule() -> None:
+    """Missing runtime rows are named for lookup; a lookup saying "still running" ends
+    nothing, no history row means vanished, a deleted one cancelled."""
+    core = Core(retention=3600, max_tracked=100)
+    core.configure([ENGINE], 0.0)
+    core.apply(E, RuntimeListed([eng("a"), eng("b"), eng("c")]), 1.0)
+    out = core.apply(E, RuntimeListed([], unreadable=frozenset({"c"})), 2.0)
+    assert sorted(out.missing) == ["a", "b"]
+    assert core.apply(E, EndLookedUp("a", None, still_running=True), 3.0).events == []
+    assert states(core.apply(E, EndLookedUp("a", None), 3.0).events) == [
+        ("a", "in_progress", "vanished")]
+    assert states(core.apply(E, EndLookedUp("b", hist("b", deleted=True)), 3.0).events) == [
+        ("b", "in_progress", "cancelled")]
+
+
+def test_the_history_sweep_reports_new_endings_and_moves_its_cursor() -> None:
+    """Endings after the watermark become none -> passed|cancelled (the delete evidence is
+    asked only for those); older ones are recorded silently; the cursor advances."""
+    core = Core(retention=3600, max_tracked=100)
+    core.configure([ENGINE], 1_000.0)
+    core.apply(E, RuntimeListed([]), 1_000.0)
+    rows = [hist("old", start=0.0, end=500.0), hist("new", start=990.0, end=1_010.0),
+            hist("gone", start=995.0, end=1_020.0, deleted=True)]
+    assert [r.batch_id for r in core.unseen_endings("prod", rows)] == ["new", "gone"]
+    out = core.apply(E, HistorySwept(rows), 1_030.0)
+    assert states(out.events) == [("new", "none", "passed"), ("gone", "none", "cancelled")]
+    assert core.get(Source.ENGINE, "prod", "old").state is State.PASSED  # type: ignore[union-attr]
+    cursor = core.cursor("prod")
+    assert cursor is not None and cursor.sweep_from == 1_020.0 - SWEEP_OVERLAP
+    assert core.unseen_endings("prod", rows) == []
+    assert core.apply(E, HistorySwept(rows), 1_040.0).events == []
+
+
+def test_changes_are_handed_over_once_and_requeued_after_a_failed_save() -> None:
+    """take_changes empties the change set; requeue puts it back for the next save."""
+    core = Core(retention=3600, max_tracked=100)
+    core.configure([ENGINE], 0.0)
+    core.apply(E, RuntimeListed([eng("a")]), 1.0)
+    changes = core.take_changes()
+    assert [r.batch_id for r in changes.records] == ["a"] and changes.seq == 1
+    assert not core.has_changes
+    core.requeue(changes)
+    assert core.has_changes
+    assert [r.batch_id for r in core.take_changes().records] == ["a"]
+
+
+def test_state_rows_from_before_result_lineages_still_load() -> None:
+    """A record written with (test, location, device)-keyed results loads: a result id
+    becomes its lineage, '#'-suffixed repeats become numbered occurrences."""
+    row = {"source": "datadog", "target": "ci", "batch_id": "b", "batch_type": "synthetics-ci",
+           "state": "in_progress", "state_since": 1.0, "first_seen": 1.0, "last_seen": 1.0,
+           "results": [["t", "loc", "dev", "passed", "r1", None],
+                       ["t", "loc", "dev#", "failed", None, 0]]}
+    rec = record_from_row(row)
+    assert sorted(rec.results) == ["r1", "t|loc|dev|1"]
+    assert record_from_row(orjson.loads(orjson.dumps(record_to_row(rec)))).results == rec.results
+
+
+def test_memory_round_trips_and_rejects_garbage() -> None:
+    """Per-target memory survives the meta JSON; a malformed entry is a ValueError."""
+    memory = {E: HistoryCursor(1.0, 2.0, {"x": 3.0}), D: ConfiguredIds(["b-1"])}
+    assert memory_from_meta(orjson.loads(orjson.dumps(memory_to_meta(memory)))) == memory
+    for bad in ([1], {"engine:prod": 5}, {"nope": {}}, {"engine:prod": {"watermark": "x"}}):
+        try:
+            memory_from_meta(bad)  # type: ignore[arg-type]
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad!r}")
