@@ -48,3 +48,47 @@ def test_secrets_are_redacted_even_when_escaped() -> None:
     assert "pa\\\"ss" not in raw and "later-secret-9" not in raw
     assert raw.count("**********") >= 3
     assert all(json.loads(line) for line in raw.splitlines())
+
+
+def test_secret_cut_at_the_end_of_a_value_is_redacted() -> None:
+    """An upstream message cut mid-secret (here at 500 characters, marked "…") shows no
+    piece of the secret: the rendered line never contains its first characters."""
+    out = io.StringIO()
+    key = "0123456789abcdef0123456789ABCDEF"
+    configure_logging(log_format="json", stream=out, secrets=[key])
+    message = ("x" * 480 + " key " + key)[:500] + "…"
+    get_logger().warning("batch.transition", failure={"messages": [{"message": message}]})
+    (line,) = lines(out)
+    shown = line["failure"]["messages"][0]["message"]  # type: ignore[index]
+    assert key[:10] not in out.getvalue()
+    assert shown.endswith("**********…")
+
+
+def test_echoed_authorization_header_is_redacted_in_logs() -> None:
+    """A Basic or Bearer credential echoed into any field is hidden, registered or not."""
+    out = io.StringIO()
+    configure_logging(log_format="json", stream=out)
+    get_logger().warning("target.down", error="401: Authorization: Basic bW9uaXRvcjpodW50ZXIy")
+    (line,) = lines(out)
+    assert "bW9uaXRvcjpodW50ZXIy" not in out.getvalue()
+    assert line["error"] == "401: Authorization: Basic **********"
+
+
+def test_identifiers_are_not_mistaken_for_cut_secrets() -> None:
+    """A batch id that happens to end like the start of a secret is logged whole: the
+    cut-secret rule applies to prose, not to identifiers."""
+    out = io.StringIO()
+    key = "0123456789abcdef0123456789ABCDEF"
+    configure_logging(log_format="json", stream=out, secrets=[key])
+    get_logger().info("batch.transition", batch_id="b-4f1c-01234")
+    (line,) = lines(out)
+    assert line["batch_id"] == "b-4f1c-01234"
+
+
+def test_console_lines_are_redacted_too() -> None:
+    """The console renderer hides secrets as the JSON one does."""
+    out = io.StringIO()
+    configure_logging(log_format="console", stream=out, secrets=["console-secret-1"])
+    get_logger().error("upstream.echo", body="token=console-secret-1")
+    assert "console-secret-1" not in out.getvalue()
+    assert "**********" in out.getvalue()

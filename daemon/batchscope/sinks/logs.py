@@ -1,8 +1,10 @@
 """Structured logs: JSON lines (or console lines on a TTY), one line per event.
 
 Every line carries ``timestamp`` (ISO 8601 UTC), ``level`` and ``event`` first. Secrets
-registered with :func:`configure_logging` are replaced in the final rendered line, so no
-processor, exception or upstream message can leak one.
+registered with :func:`configure_logging` or :func:`register_secrets` (kept by
+:mod:`batchscope.redaction`) are hidden twice: in every string value before rendering
+(which also catches a secret cut at the end of a value) and in the final rendered line, so
+no processor, exception or upstream message can leak one.
 """
 
 from __future__ import annotations
@@ -10,15 +12,16 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from batchscope import redaction
 from batchscope.model import Event, Notice
 
-REDACTED = "**********"
+REDACTED: Final = redaction.REDACTED
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
@@ -34,40 +37,35 @@ def _leading_keys(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict
     return ordered
 
 
-class _Redactor:
-    """Replaces known secret values in rendered lines."""
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        # The fragment-at-the-end rule only for prose (an error text cut mid-secret): an
+        # identifier (a batch id ending like the start of a hex key) is left whole.
+        return redaction.redact(value, tail=" " in value or "\n" in value)
+    if isinstance(value, dict):
+        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(v) for v in value]
+    return value
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self.secrets: list[str] = []
-        self.add(secrets)
 
-    def add(self, secrets: Iterable[str]) -> None:
-        # A JSON line holds a secret with quotes, backslashes and control characters
-        # escaped: hide that form too. Longest first, so a secret containing another is
-        # replaced whole.
-        plain = [s for s in secrets if len(s) >= 4]
-        escaped = [orjson.dumps(s).decode()[1:-1] for s in plain]
-        known = {*self.secrets, *plain, *escaped}
-        self.secrets = sorted(known, key=len, reverse=True)
+def _redact_values(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Hide secrets in each string value, including one cut at the end of a value."""
+    return {k: _redact_value(v) for k, v in event_dict.items()}
 
-    def __call__(self, line: str) -> str:
-        for secret in self.secrets:
-            if secret in line:
-                line = line.replace(secret, REDACTED)
-        return line
+
+def _redact_line(line: str) -> str:
+    """The last line of defence: whole secrets anywhere in the rendered line."""
+    return redaction.redact(line, tail=False)
 
 
 class _JsonRenderer:
-    def __init__(self, redact: _Redactor) -> None:
-        self._redact = redact
-
     def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> str:
-        return self._redact(orjson.dumps(event_dict, default=str).decode())
+        return _redact_line(orjson.dumps(event_dict, default=str).decode())
 
 
 class _ConsoleRenderer:
-    def __init__(self, redact: _Redactor, colors: bool) -> None:
-        self._redact = redact
+    def __init__(self, colors: bool) -> None:
         self._inner = structlog.dev.ConsoleRenderer(
             colors=colors,
             exception_formatter=structlog.dev.plain_traceback,
@@ -75,7 +73,7 @@ class _ConsoleRenderer:
 
     def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
         rendered = self._inner(logger, name, event_dict)
-        return self._redact(rendered if isinstance(rendered, str) else str(rendered))
+        return _redact_line(rendered if isinstance(rendered, str) else str(rendered))
 
 
 def configure_logging(
@@ -89,8 +87,7 @@ def configure_logging(
     out = stream if stream is not None else sys.stdout
     if log_format is None:
         log_format = "console" if out.isatty() else "json"
-    global _redactor
-    redact = _redactor = _Redactor(secrets)
+    redaction.reset(secrets)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -102,23 +99,20 @@ def configure_logging(
         shared.append(structlog.processors.ExceptionRenderer(
             structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
         ))
-        renderer = _JsonRenderer(redact)
+        renderer = _JsonRenderer()
     else:
-        renderer = _ConsoleRenderer(redact, colors=out.isatty())
+        renderer = _ConsoleRenderer(colors=out.isatty())
     structlog.configure(
-        processors=[*shared, _leading_keys, renderer],
+        processors=[*shared, _redact_values, _leading_keys, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
 
 
-_redactor = _Redactor(())
-
-
 def register_secrets(secrets: Iterable[str]) -> None:
     """Add secret values (e.g. from reloaded settings) to what every log line hides."""
-    _redactor.add(secrets)
+    redaction.register(secrets)
 
 
 def get_logger() -> Any:
