@@ -174,3 +174,25 @@ def test_memory_round_trips_and_rejects_garbage() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad!r}")
+
+
+def test_an_unreadable_end_time_still_ends_the_batch() -> None:
+    """A history row whose endTime came in a format that could not be read has ended: the
+    lookup decides passed, and the sweep judges it by its start time."""
+    from batchscope.model import EngineHistoryRecord
+
+    def unreadable(batch_id: str, start: float | None) -> EngineHistoryRecord:
+        return EngineHistoryRecord(batch_id=batch_id, batch_type="instance-migration",
+                                   total_jobs=10, start_time=start, end_time=None,
+                                   end_time_unreadable=True)
+
+    core = Core(retention=3600, max_tracked=100)
+    core.configure([ENGINE], 1_000.0)
+    core.apply(E, RuntimeListed([eng("a")]), 1_000.0)
+    core.apply(E, RuntimeListed([]), 1_001.0)
+    assert states(core.apply(E, EndLookedUp("a", unreadable("a", 990.0)), 1_002.0).events) == [
+        ("a", "in_progress", "passed")]
+    rows = [unreadable("short", 1_005.0), unreadable("old", 10.0), unreadable("blind", None)]
+    out = core.apply(E, HistorySwept(rows), 1_010.0)
+    assert states(out.events) == [("short", "none", "passed")]
+    assert core.get(Source.ENGINE, "prod", "old").state is State.PASSED  # type: ignore[union-attr]

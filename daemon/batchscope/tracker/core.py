@@ -178,7 +178,7 @@ class Core:
     def _unseen(self, target: str, cursor: HistoryCursor,
                 rows: Iterable[EngineHistoryRecord]) -> list[EngineHistoryRecord]:
         return [r for r in rows
-                if r.end_time is not None and r.batch_id not in cursor.recent
+                if r.ended and r.batch_id not in cursor.recent
                 and self.tracker.get(Source.ENGINE, target, r.batch_id) is None]
 
     def watched(self, target: str) -> list[str]:

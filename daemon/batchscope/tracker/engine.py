@@ -24,6 +24,13 @@ SWEEP_OVERLAP = 120.0
 MAX_PLAUSIBLE_SKEW = 86_400.0
 
 
+def ended_after(row: EngineHistoryRecord, watermark: float) -> bool:
+    """Whether a history row's ending is after the watermark (so it becomes an event). An
+    end time in a format that could not be read is judged by the start time, if readable."""
+    when = row.end_time if row.end_time is not None else row.start_time
+    return row.ended and when is not None and when >= watermark
+
+
 @dataclass(slots=True)
 class HistoryCursor:
     """Where an engine target's history sweep stands; persisted with the state.
@@ -57,14 +64,14 @@ class HistoryCursor:
         return cls(watermark=started, sweep_from=started - SWEEP_OVERLAP), ignored
 
     def is_new(self, row: EngineHistoryRecord) -> bool:
-        """Whether an ending is after the watermark (so it becomes an event)."""
-        return row.end_time is not None and row.end_time >= self.watermark
+        return ended_after(row, self.watermark)
 
     def advance(self, rows: Iterable[EngineHistoryRecord]) -> None:
         """Remember the endings of one sweep and move its start up behind the newest."""
         for r in rows:
-            if r.end_time is not None:
-                self.recent[r.batch_id] = r.end_time
+            when = r.end_time if r.end_time is not None else r.start_time
+            if r.ended and when is not None:
+                self.recent[r.batch_id] = when
         if self.recent:
             newest = max(self.recent.values())
             self.sweep_from = max(self.sweep_from, newest - SWEEP_OVERLAP)
@@ -198,13 +205,14 @@ class EngineTracker(RecordBook):
         handled = {h.batch_id for h in rows if (Source.ENGINE, target, h.batch_id) in self.records}
         for hist in rows:
             key = (Source.ENGINE, target, hist.batch_id)
-            if key in self.records or hist.end_time is None or hist.batch_id in handled:
+            if key in self.records or not hist.ended or hist.batch_id in handled:
                 continue
             handled.add(hist.batch_id)
             end_state = rules.engine_end_state(hist, State.NONE)
             if end_state is None:
                 continue
-            start = hist.start_time if hist.start_time is not None else hist.end_time
+            end = hist.end_time if hist.end_time is not None else now
+            start = hist.start_time if hist.start_time is not None else end
             total = hist.total_jobs or 0
             rec = TrackedBatch(
                 source=Source.ENGINE,
@@ -220,12 +228,12 @@ class EngineTracker(RecordBook):
                                remaining=0, failed=0),
                 progress_since=now,
             )
-            if hist.end_time < watermark:
+            if not ended_after(hist, watermark):
                 if self._admit(rec, out, silent=True):
                     self._set_state(rec, end_state, now)
                 continue
             if not self._admit(rec, out):
                 continue
-            self._transition(rec, end_state, now, out,
-                             duration=max(0.0, hist.end_time - start))
+            duration = None if hist.end_time is None else max(0.0, hist.end_time - start)
+            self._transition(rec, end_state, now, out, duration=duration)
         return out

@@ -48,7 +48,7 @@ def engine_end_state(
     """
     if record is None:
         return None if still_running else State.VANISHED
-    if record.end_time is None:
+    if not record.ended:
         # The runtime row is gone but history has not recorded the end yet; ask again.
         return None
     if record.deleted or last_state is State.SUSPENDED:
