@@ -70,21 +70,22 @@ async def test_skipped_entry_has_no_location_or_result(
 
 
 @pytest.mark.parametrize(
-    "headers",
+    ("headers", "error"),
     [
-        {},
-        {"DD-API-KEY": "demo-api-key"},
-        {"DD-APPLICATION-KEY": "demo-app-key"},
-        {"DD-API-KEY": "wrong", "DD-APPLICATION-KEY": "demo-app-key"},
+        ({}, "API key required"),
+        ({"DD-APPLICATION-KEY": "demo-app-key"}, "API key required"),
+        ({"DD-API-KEY": "demo-api-key"}, "Forbidden"),
+        ({"DD-API-KEY": "wrong", "DD-APPLICATION-KEY": "demo-app-key"}, "Forbidden"),
     ],
 )
 async def test_missing_or_wrong_keys_are_403(
-    datadog: FakeDatadog, datadog_client: TestClient, headers: dict[str, str]
+    datadog: FakeDatadog, datadog_client: TestClient, headers: dict[str, str], error: str
 ) -> None:
-    """Both DD-API-KEY and DD-APPLICATION-KEY must match, else 403 Forbidden."""
+    """Both DD-API-KEY and DD-APPLICATION-KEY must match, else 403 with an errors list:
+    "API key required" without an API key, "Forbidden" otherwise."""
     batch_id = datadog.create_batch()
     body = await get_json(datadog_client, BATCH_PATH + batch_id, status=403, headers=headers)
-    assert body == {"errors": ["Forbidden"]}
+    assert body == {"errors": [error]}
 
 
 async def test_unknown_and_deleted_batches_are_404(
@@ -149,24 +150,46 @@ async def test_no_rate_limit_headers_by_default(
         assert not [h for h in resp.headers if h.lower().startswith("x-ratelimit")]
 
 
-async def test_new_attempts_link_to_the_first_result(
+async def test_fast_retry_keeps_the_failed_attempt_id_until_the_final_one(
     datadog: FakeDatadog, datadog_client: TestClient
 ) -> None:
-    """A fast retry gets a new result_id, initial_result_id and retries 0, then 1."""
+    """A fast retry as datadog-ci sees it: the failed first attempt stays in_progress under
+    its result_id with retries 0; the final attempt has a new result_id, retries 1 and
+    initial_result_id pointing at the first."""
     batch_id = datadog.create_batch()
     first = results_by_test(await get_batch(datadog_client, batch_id))[BROWSER]
     assert "initial_result_id" not in first
 
     datadog.set_result(batch_id, BROWSER, new_attempt=True, duration=1200.0)
-    second = results_by_test(await get_batch(datadog_client, batch_id))[BROWSER]
-    datadog.set_result(batch_id, BROWSER, new_attempt=True)
-    third = results_by_test(await get_batch(datadog_client, batch_id))[BROWSER]
+    retrying = results_by_test(await get_batch(datadog_client, batch_id))[BROWSER]
+    datadog.set_result(batch_id, BROWSER, status="passed")
+    final = results_by_test(await get_batch(datadog_client, batch_id))[BROWSER]
 
-    assert second["status"] == "in_progress" and second["retries"] == 0
-    assert second["duration"] == 1200.0
+    assert retrying["status"] == "in_progress" and retrying["retries"] == 0
+    assert retrying["result_id"] == first["result_id"]
+    assert retrying["duration"] == 1200.0 and retrying["timed_out"] is False
+    assert "initial_result_id" not in retrying
+    assert final["status"] == "passed" and final["retries"] == 1
+    assert final["initial_result_id"] == first["result_id"] != final["result_id"]
+
+
+async def test_a_second_non_final_attempt_gets_its_own_id(
+    datadog: FakeDatadog, datadog_client: TestClient
+) -> None:
+    """With more retries, each later attempt has a new result_id linked to the first."""
+    batch_id = datadog.create_batch()
+    first = results_by_test(await get_batch(datadog_client, batch_id))[BROWSER]
+    datadog.set_result(batch_id, BROWSER, new_attempt=True)
+    datadog.set_result(batch_id, BROWSER, new_attempt=True)
+    second = results_by_test(await get_batch(datadog_client, batch_id))[BROWSER]
+    datadog.finish(batch_id, "failed")
+    final = results_by_test(await get_batch(datadog_client, batch_id))[BROWSER]
+
+    assert second["status"] == "in_progress" and second["retries"] == 1
     assert second["initial_result_id"] == first["result_id"] != second["result_id"]
-    assert third["retries"] == 1 and third["initial_result_id"] == first["result_id"]
-    assert len({first["result_id"], second["result_id"], third["result_id"]}) == 3
+    assert final["status"] == "failed" and final["retries"] == 2
+    assert final["initial_result_id"] == first["result_id"]
+    assert len({first["result_id"], second["result_id"], final["result_id"]}) == 3
 
 
 async def test_set_result_selects_slots_by_location(datadog: FakeDatadog) -> None:

@@ -51,8 +51,10 @@ HISTORIC_FIELDS = {
 }
 
 
-def exception_dto(message: str, type_: str = "InvalidRequestException") -> dict[str, object]:
-    return {"type": type_, "message": message, "code": None}
+def exception_dto(
+    message: str, type_: str = "InvalidRequestException", code: int | None = None
+) -> dict[str, object]:
+    return {"type": type_, "message": message, "code": code}
 
 
 async def test_statistics_row_has_every_field_and_counts(
@@ -164,10 +166,11 @@ async def test_invalid_query_parameters_are_400(
 
 
 async def test_max_results_limit(engine: FakeEngine, aiohttp_client: AiohttpClient) -> None:
-    """With queryMaxResultsLimit, unbounded or oversized lists are 400; counts are not."""
-    limited = FakeEngine(query_max_results_limit=100)
+    """With queryMaxResultsLimit, authenticated unbounded or oversized lists are 400 with
+    code 0 (a BadUserRequestException); counts are not limited."""
+    limited = FakeEngine(query_max_results_limit=100, username="monitor", password="pw")
     limited.create_many(3)
-    client = await aiohttp_client(limited.app)
+    client = await aiohttp_client(limited.app, headers=basic("monitor", "pw"))
 
     unbound = await get_json(client, "/batch/statistics", status=400)
     too_many = await get_json(client, "/history/batch?maxResults=101", status=400)
@@ -175,12 +178,25 @@ async def test_max_results_limit(engine: FakeEngine, aiohttp_client: AiohttpClie
     count = await get_json(client, "/batch/statistics/count")
 
     assert unbound == exception_dto(
-        "An unbound number of results is forbidden!", "BadUserRequestException"
+        "An unbound number of results is forbidden!", "BadUserRequestException", 0
     )
     assert too_many == exception_dto(
-        "Max results limit of 100 exceeded!", "BadUserRequestException"
+        "Max results limit of 100 exceeded!", "BadUserRequestException", 0
     )
     assert len(ok) == 3 and count == {"count": 3}
+
+
+async def test_max_results_limit_spares_unauthenticated_requests(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """The engine checks queryMaxResultsLimit only for an authenticated user: without the
+    authentication filter an unbounded list is served."""
+    open_engine = FakeEngine(query_max_results_limit=2)
+    open_engine.create_many(3)
+    client = await aiohttp_client(open_engine.app)
+
+    assert len(await get_json(client, "/batch/statistics")) == 3
+    assert len(await get_json(client, "/history/batch?maxResults=50")) == 3
 
 
 @pytest.mark.parametrize(
@@ -322,16 +338,22 @@ async def test_delete_writes_user_operation_log(
     assert historic["endTime"] == "2016-01-25T13:33:44.165+0100"
 
 
-async def test_cascade_delete_leaves_no_trace(
+async def test_cascade_delete_keeps_only_the_user_operation_log(
     engine: FakeEngine, engine_client: TestClient
 ) -> None:
-    """A cascading delete removes the historic row and the batch's log entries."""
+    """A cascading delete removes the historic row and its job log; the user-operation
+    entries (SuspendBatch, Delete) stay, as they do in the engine."""
     batch = engine.create_batch()
+    definition = engine.batch(batch).batch_job_definition_id
     engine.suspend(batch)
     engine.delete(batch, cascade=True)
 
     await get_json(engine_client, f"/history/batch/{batch}", status=404)
-    assert await get_json(engine_client, f"/history/user-operation?batchId={batch}") == []
+    entries = await get_json(engine_client, f"/history/user-operation?batchId={batch}")
+    job_log = await get_json(engine_client, f"/history/job-log?jobDefinitionId={definition}")
+    assert [(e["operationType"], e["newValue"]) for e in entries] == [
+        ("SuspendBatch", "suspended"), ("Delete", "true")]
+    assert job_log == []
     with pytest.raises(KeyError):
         engine.batch(batch)
 
@@ -435,18 +457,35 @@ async def test_without_full_history_nothing_is_kept(aiohttp_client: AiohttpClien
 
 
 async def test_named_engine_prefix(aiohttp_client: AiohttpClient) -> None:
-    """The API answers under /engine/{name} too; other names are 404 ExceptionDto."""
+    """The API answers under /engine/{name} too; without the authentication filter another
+    name is the resource's 400 "No process engine available"."""
     engine = FakeEngine(engine_name="prod")
     batch = engine.create_batch()
     client = await aiohttp_client(engine.app)
 
     engines = await get_json(client, "/engine")
     rows = await get_json(client, "/engine/prod/batch/statistics")
-    unknown = await get_json(client, "/engine/other/batch/statistics", status=404)
+    unknown = await get_json(client, "/engine/other/batch/statistics", status=400)
 
     assert engines == [{"name": "prod"}]
     assert [r["id"] for r in rows] == [batch]
+    assert unknown == exception_dto("No process engine available")
+
+
+async def test_unknown_engine_behind_the_auth_filter_is_404(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """With the authentication filter on, an unknown engine name is the filter's 404
+    "Process engine X not available", before (and without) authentication."""
+    engine = FakeEngine(engine_name="prod", username="monitor", password="pw")
+    client = await aiohttp_client(engine.app)
+
+    unknown = await get_json(client, "/engine/other/history/batch/x", status=404)
+    known = await get_json(client, "/engine/prod/batch/statistics",
+                           headers=basic("monitor", "pw"))
+
     assert unknown == exception_dto("Process engine other not available")
+    assert known == []
 
 
 def basic(user: str, password: str) -> dict[str, str]:

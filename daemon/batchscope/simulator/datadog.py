@@ -1,10 +1,15 @@
 """A fake Datadog Synthetics CI API: CI batches, their per-test results, and the two endpoints
 batchscope and datadog-ci use (get a batch, trigger tests).
 
-It reproduces what the live API does beyond its OpenAPI document: the ``in_progress`` status,
-non-final attempts (a new ``result_id`` with ``initial_result_id``), ``max_retries`` and
-``timed_out``, skipped entries without location or result id, a freshly triggered batch briefly
-answering 404, and calendar-aligned rate limiting with ``X-RateLimit-*`` headers.
+It reproduces what the live API does beyond its OpenAPI document, as the official client
+(datadog-ci) reads it: the ``in_progress`` status; ``duration`` 0 while a result runs;
+``retries``, ``max_retries`` and ``timed_out`` null until known; fast retries (the failed
+first attempt stays ``in_progress`` under its ``result_id`` with ``retries`` 0, the final
+attempt has a new ``result_id``, ``retries`` 1 and ``initial_result_id``); skipped entries
+(execution rule, selective rerun) without location or result id; CI metadata as datadog-ci
+sends it (``git.commit.sha``); a freshly triggered batch briefly answering 404; 403
+``{"errors": ["API key required"]}``; and calendar-aligned rate limiting with
+``X-RateLimit-*`` headers.
 """
 
 from __future__ import annotations
@@ -53,10 +58,19 @@ SAMPLE_TESTS: tuple[Mapping[str, Any], ...] = (
 
 SAMPLE_METADATA: Mapping[str, Any] = {
     "ci": {
+        "job": {"name": "e2e-tests", "url": "https://ci.example.com/acme/shop/jobs/5678"},
         "pipeline": {"url": "https://ci.example.com/acme/shop/pipelines/1234"},
         "provider": {"name": "github"},
     },
-    "git": {"branch": "main", "commitSha": "3f0c1b2a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a"},
+    "git": {
+        "branch": "main",
+        "commit": {
+            "sha": "3f0c1b2a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a",
+            "message": "Checkout: retry the payment call",
+            "author": {"name": "Dev Eloper", "email": "dev@example.com"},
+        },
+        "repository_url": "https://github.com/acme/shop",
+    },
 }
 
 # Known locations as the trigger endpoint describes them; others get generic entries.
@@ -69,7 +83,11 @@ _LOCATIONS: Mapping[str, tuple[str, str]] = {
 
 @dataclass(slots=True)
 class CIResult:
-    """One result slot of a batch: a test at a location on a device."""
+    """One result slot of a batch: a test at a location on a device.
+
+    ``duration`` None means not measured yet (served as 0). ``retry_pending`` marks a failed
+    attempt whose fast retry runs: the final status comes with a new ``result_id``.
+    """
 
     test_public_id: str
     test_name: str | None
@@ -84,6 +102,8 @@ class CIResult:
     timed_out: bool | None = None
     duration: float | None = None
     initial_result_id: str | None = None
+    selective_rerun: Mapping[str, Any] | None = None
+    retry_pending: bool = False
 
     def render(self) -> Row:
         """The JSON object the batch endpoint returns for this result."""
@@ -91,22 +111,25 @@ class CIResult:
             "test_public_id": self.test_public_id,
             "test_name": self.test_name,
             "test_type": self.test_type,
-            "execution_rule": self.execution_rule,
             "status": self.status,
+            "execution_rule": self.execution_rule,
+        }
+        if self.execution_rule != "skipped":
+            # skipped entries carry no location, device, duration or result id
+            row["location"] = self.location
+            if self.device is not None:
+                row["device"] = self.device
+            row["result_id"] = self.result_id
+            if self.initial_result_id is not None:
+                row["initial_result_id"] = self.initial_result_id
+            row["duration"] = self.duration if self.duration is not None else 0
+        row |= {
             "retries": self.retries,
             "max_retries": self.max_retries,
             "timed_out": self.timed_out,
         }
-        if self.execution_rule == "skipped":
-            return row  # skipped entries carry no location, device, duration or result id
-        row |= {
-            "location": self.location,
-            "device": self.device,
-            "duration": self.duration,
-            "result_id": self.result_id,
-        }
-        if self.initial_result_id is not None:
-            row["initial_result_id"] = self.initial_result_id
+        if self.selective_rerun is not None:
+            row["selective_rerun"] = dict(self.selective_rerun)
         return row
 
 
@@ -179,8 +202,10 @@ class FakeDatadog(FaultInjector):
         """Start a batch with one in-progress result per test entry.
 
         Each entry gives ``test_public_id`` and optionally ``test_name``, ``test_type``,
-        ``location``, ``device``, ``execution_rule`` (``skipped`` makes a skipped entry) and
-        ``max_retries``. ``tests=None`` uses :data:`SAMPLE_TESTS`, ``metadata=None`` uses
+        ``location``, ``device``, ``execution_rule`` (``skipped`` makes a skipped entry),
+        ``max_retries`` (None: null) and ``selective_rerun`` (the decision object, e.g.
+        ``{"decision": "skip", "reason": "passed", "linked_result_id": "..."}``; a skip makes
+        a skipped entry). ``tests=None`` uses :data:`SAMPLE_TESTS`, ``metadata=None`` uses
         :data:`SAMPLE_METADATA` (pass ``{}`` for none).
         """
         batch_id = batch_id or str(uuid.uuid4())
@@ -214,9 +239,12 @@ class FakeDatadog(FaultInjector):
     ) -> None:
         """Update the results of a test; ``location``/``device`` narrow which slots.
 
-        ``new_attempt`` models a fast retry: a new ``result_id``, ``initial_result_id`` pointing
-        at the first attempt and ``retries`` incremented (from null to 0), status unchanged
-        unless given. Raises ``KeyError`` when no slot matches.
+        ``new_attempt`` models a fast retry: the attempt shown failed and another runs. The
+        first attempt keeps its ``result_id`` and gets ``retries`` 0, a duration and
+        ``timed_out`` false, status still ``in_progress``; a later non-final attempt gets a
+        new ``result_id`` (``initial_result_id``: the first) and ``retries`` + 1. The final
+        status after a retry (``status``, :meth:`finish`) comes with a new ``result_id``,
+        ``retries`` + 1 and ``initial_result_id``. Raises ``KeyError`` when no slot matches.
         """
         batch = self._batch(batch_id)
         slots = [
@@ -229,12 +257,12 @@ class FakeDatadog(FaultInjector):
         if not slots:
             raise KeyError(f"no result for {test_public_id!r} in batch {batch_id!r}")
         for result in slots:
-            if new_attempt:
-                self._new_attempt(result)
-            if retries is not None:
-                result.retries = retries
             if duration is not None:
                 result.duration = duration
+            if new_attempt:
+                self._new_attempt(batch, result)
+            if retries is not None:
+                result.retries = retries
             if timed_out is not None:
                 result.timed_out = timed_out
             if status is not None:
@@ -281,7 +309,9 @@ class FakeDatadog(FaultInjector):
         return str(self._random.randrange(10**18, 10**19))
 
     def _new_result(self, spec: Mapping[str, Any]) -> CIResult:
-        rule = spec.get("execution_rule", "blocking")
+        rerun = spec.get("selective_rerun")
+        rule = "skipped" if rerun and rerun.get("decision") == "skip" else spec.get(
+            "execution_rule", "blocking")
         skipped = rule == "skipped"
         return CIResult(
             test_public_id=spec["test_public_id"],
@@ -293,21 +323,42 @@ class FakeDatadog(FaultInjector):
             result_id=None if skipped else self._result_id(),
             status="skipped" if skipped else "in_progress",
             max_retries=None if skipped else spec.get("max_retries", 0),
+            selective_rerun=rerun,
         )
 
-    def _new_attempt(self, result: CIResult) -> None:
-        result.initial_result_id = result.initial_result_id or result.result_id
-        result.result_id = self._result_id()
-        result.retries = 0 if result.retries is None else result.retries + 1
+    def _elapsed_ms(self, batch: CIBatch) -> float:
+        return round((self.clock() - batch.created_at) * 1000.0, 1)
+
+    def _new_attempt(self, batch: CIBatch, result: CIResult) -> None:
+        """The attempt shown failed and a fast retry runs (see :meth:`set_result`)."""
+        if result.retries is None:
+            result.retries = 0
+        else:
+            result.initial_result_id = result.initial_result_id or result.result_id
+            result.result_id = self._result_id()
+            result.retries += 1
+        if result.duration is None:
+            result.duration = self._elapsed_ms(batch)
+        result.timed_out = False
+        result.retry_pending = True
 
     def _conclude(self, batch: CIBatch, result: CIResult, status: str) -> None:
-        """Give a result its status; a final one gets a duration and ``timed_out`` if unset."""
+        """Give a result its status; a final one gets a duration, ``retries`` and
+        ``timed_out`` if unset, and a new ``result_id`` when it ends a fast retry."""
         result.status = status
-        if status in FINAL_RESULT_STATUSES and status != "skipped":
-            if result.duration is None:
-                result.duration = round((self.clock() - batch.created_at) * 1000.0, 1)
-            if result.timed_out is None:
-                result.timed_out = False
+        if status not in FINAL_RESULT_STATUSES or status == "skipped":
+            return
+        if result.retry_pending:
+            result.retry_pending = False
+            result.initial_result_id = result.initial_result_id or result.result_id
+            result.result_id = self._result_id()
+            result.retries = (result.retries or 0) + 1
+        if result.duration is None:
+            result.duration = self._elapsed_ms(batch)
+        if result.retries is None:
+            result.retries = 0
+        if result.timed_out is None:
+            result.timed_out = False
 
     # ----------------------------------------------------------------- HTTP application
 
@@ -321,6 +372,8 @@ class FakeDatadog(FaultInjector):
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """API and application key check (403), then the rate limit (429 + headers)."""
+        if not request.headers.get("DD-API-KEY"):
+            return _errors(403, "API key required")
         if not self._authenticated(request):
             return _errors(403, "Forbidden")
         if self.rate_limit is None:

@@ -1,10 +1,24 @@
 """A fake Camunda 7 / Operaton / CIB seven process engine: batches, their history, the
-user-operation log, and the REST endpoints that expose them.
+user-operation log, the historic job log, and the REST endpoints that expose them.
 
 The model is just enough of the engine's batch lifecycle (seed, execute, fail, suspend, monitor
 job completion, delete, history cleanup) to drive every state batchscope distinguishes, and the
-REST layer reproduces the engine's response shapes, date format, validation messages and auth
-behaviour, so the daemon's client code runs unmodified against it.
+REST layer reproduces the engine's response shapes (key order and field sets of the DTOs), date
+format, validation messages and auth behaviour, so the daemon's client code runs unmodified
+against it.
+
+Where the engine's behaviour depends on its configuration, so does the fake's:
+
+- history level: ``history=True`` is FULL (historic batches, user-operation log, job log);
+  ``False`` is anything below, which keeps none of them;
+- the user-operation log is written only for an authenticated user (``user`` of the control
+  methods; ``None`` is an unauthenticated REST call) unless
+  ``restrict_user_operation_log=False``;
+- the authentication filter is on when ``username`` or ``bearer_token`` is set: requests are
+  then authenticated, ``queryMaxResultsLimit`` applies (only to authenticated requests), and an
+  unknown engine name is the filter's 404; without it, an unknown engine name is a 400;
+- ``legacy`` is an engine before 7.18 (no start times, no error ``code``, no job log
+  ``batchId``).
 """
 
 from __future__ import annotations
@@ -17,11 +31,11 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from itertools import islice
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from aiohttp import web
@@ -33,6 +47,15 @@ Clock = Callable[[], float]
 Row = dict[str, object]
 Predicate = Callable[["EngineBatch"], bool]
 SortKey = Callable[["EngineBatch"], Any]
+JobIndices = range | tuple[int, ...]
+
+#: The REST API's default Jackson date pattern.
+DEFAULT_DATE_FORMAT: Final = "yyyy-MM-dd'T'HH:mm:ss.SSSZ"
+
+_IDS: Final = uuid.UUID("6b1f4e1c-6f0e-4d51-9a43-3b7e0c2a9d10")  # namespace of derived ids
+
+#: The job executor's default retries (``JobEntity.DEFAULT_RETRIES``).
+DEFAULT_RETRIES: Final = 3
 
 
 @dataclass(slots=True)
@@ -56,6 +79,13 @@ class EngineBatch:
     failed_jobs: int = 0
     suspended: bool = False
     end_time: float | None = None
+    removal_time: float | None = None
+    # Execution jobs by index (created ones are 0..jobs_created-1): [fresh_from, jobs_created)
+    # never ran, ``retry_pending`` failed and were given retries again, ``failed_ids`` have
+    # no retries left. The counts above stay the source of truth for the REST rows.
+    fresh_from: int = 0
+    retry_pending: list[int] = field(default_factory=list)
+    failed_ids: list[int] = field(default_factory=list)
 
     @property
     def remaining_jobs(self) -> int:
@@ -82,14 +112,47 @@ class UserOperation:
     timestamp: float
 
 
-class EngineError(Exception):
-    """An error the engine reports as an ExceptionDto."""
+@dataclass(frozen=True, slots=True)
+class JobLogRun:
+    """Historic job log entries written at one moment for some execution jobs of a batch.
 
-    def __init__(self, status: int, message: str, type_: str = "InvalidRequestException") -> None:
+    ``kind`` is ``creation``, ``failure``, ``success`` or ``deletion``. One run stands for one
+    entry per job in ``jobs``; they are expanded only when served, so that bulk-created
+    batches stay cheap.
+    """
+
+    seq: int
+    batch_id: str
+    kind: str
+    jobs: JobIndices
+    timestamp: float
+    retries: int
+    message: str | None = None
+
+
+class EngineError(Exception):
+    """An error the engine reports as an ExceptionDto.
+
+    ``code`` is the engine's error code (7.18+): 0 for a ``BadUserRequestException`` and the
+    other ``ProcessEngineException``s, null for a plain REST error such as a 404.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "InvalidRequestException",
+        code: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_
+        self.code = code
+
+
+def _bad_user_request(message: str) -> EngineError:
+    return EngineError(400, message, "BadUserRequestException", code=0)
 
 
 class _SortedIndex:
@@ -127,23 +190,62 @@ class _SortedIndex:
         return map(self.by_id.__getitem__, ids)
 
 
-class _DateFormat:
-    """Renders epoch seconds in the engine's default ``yyyy-MM-dd'T'HH:mm:ss.SSSZ`` format.
+DateFormatter = Callable[[datetime], str]
 
+
+def _millis(moment: datetime) -> str:
+    return f"{moment.microsecond // 1000:03d}"
+
+
+def _colon_offset(moment: datetime) -> str:
+    offset = moment.strftime("%z")
+    return "Z" if offset == "+0000" else f"{offset[:3]}:{offset[3:]}"
+
+
+#: The Jackson date patterns the fake can render (the REST API's ``dateFormat`` setting).
+DATE_FORMATS: Final[dict[str, Callable[[datetime, str | None], str]]] = {
+    DEFAULT_DATE_FORMAT: lambda m, _: f"{m:%Y-%m-%dT%H:%M:%S}.{_millis(m)}{m:%z}",
+    "yyyy-MM-dd'T'HH:mm:ss.SSSXXX": lambda m, _: f"{m:%Y-%m-%dT%H:%M:%S}.{_millis(m)}"
+                                               f"{_colon_offset(m)}",
+    "yyyy-MM-dd'T'HH:mm:ss.SSSz": lambda m, zone: f"{m:%Y-%m-%dT%H:%M:%S}.{_millis(m)}{zone}",
+    "yyyy-MM-dd'T'HH:mm:ssZ": lambda m, _: f"{m:%Y-%m-%dT%H:%M:%S%z}",
+    "dd.MM.yyyy HH:mm": lambda m, _: f"{m:%d.%m.%Y %H:%M}",
+}
+
+
+class _DateFormat:
+    """Renders epoch seconds the way the engine's Jackson mapper does, in the JVM's zone.
+
+    ``pattern`` is one of :data:`DATE_FORMATS` (``...z`` needs ``zone_name``, the short name
+    Java prints, e.g. ``CEST``) or a function of the zoned datetime for anything else.
     Results are memoised because many rows share a timestamp (bulk-created batches) and
     formatting dominates page rendering otherwise.
     """
 
     _MAX_CACHED = 100_000
 
-    def __init__(self, utc_offset: str) -> None:
+    def __init__(
+        self,
+        utc_offset: str,
+        pattern: str | DateFormatter = DEFAULT_DATE_FORMAT,
+        zone_name: str | None = None,
+    ) -> None:
         match = re.fullmatch(r"([+-])(\d\d)(\d\d)", utc_offset)
         if match is None:
             raise ValueError(f"utc_offset must look like +0100, got {utc_offset!r}")
         sign = -1 if match[1] == "-" else 1
         offset = timedelta(hours=int(match[2]), minutes=int(match[3]))
         self._tz = timezone(sign * offset)
-        self._suffix = utc_offset
+        if callable(pattern):
+            self._render: DateFormatter = pattern
+        else:
+            template = DATE_FORMATS.get(pattern)
+            if template is None:
+                raise ValueError(f"date_format must be one of {sorted(DATE_FORMATS)} or a "
+                                 f"function, got {pattern!r}")
+            if pattern.endswith("z") and zone_name is None:
+                raise ValueError("the date_format with z needs zone_name (e.g. 'CEST')")
+            self._render = lambda moment: template(moment, zone_name)
         self._cache: dict[float, str] = {}
 
     def __call__(self, epoch: float | None) -> str | None:
@@ -153,8 +255,7 @@ class _DateFormat:
         if text is None:
             if len(self._cache) >= self._MAX_CACHED:
                 self._cache.clear()
-            moment = datetime.fromtimestamp(epoch, self._tz)
-            text = f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}{self._suffix}"
+            text = self._render(datetime.fromtimestamp(epoch, self._tz))
             self._cache[epoch] = text
         return text
 
@@ -278,25 +379,33 @@ def _json(payload: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
 
 
-_OPERATION_NULLS: Row = dict.fromkeys(
-    (
-        "annotation",
-        "orgValue",
-        "deploymentId",
-        "processDefinitionId",
-        "processDefinitionKey",
-        "processInstanceId",
-        "executionId",
-        "caseDefinitionId",
-        "caseInstanceId",
-        "caseExecutionId",
-        "taskId",
-        "externalTaskId",
-        "jobId",
-        "jobDefinitionId",
-        "removalTime",
-        "rootProcessInstanceId",
-    )
+#: UserOperationLogEntryDto's keys in the order the engine serialises them.
+_OPERATION_KEYS: Final = (
+    "id", "deploymentId", "processDefinitionId", "processDefinitionKey", "processInstanceId",
+    "executionId", "caseDefinitionId", "caseInstanceId", "caseExecutionId", "taskId", "jobId",
+    "jobDefinitionId", "batchId", "userId", "timestamp", "operationId", "externalTaskId",
+    "operationType", "entityType", "property", "orgValue", "newValue", "removalTime",
+    "rootProcessInstanceId", "category", "annotation",
+)
+
+#: HistoricJobLogDto's keys in the engine's order; ``batchId`` arrived in 7.22.
+_JOB_LOG_KEYS: Final = (
+    "id", "timestamp", "removalTime", "jobId", "jobDueDate", "jobRetries", "jobPriority",
+    "jobExceptionMessage", "jobDefinitionId", "jobDefinitionType", "jobDefinitionConfiguration",
+    "activityId", "failedActivityId", "executionId", "processInstanceId", "processDefinitionId",
+    "processDefinitionKey", "deploymentId", "tenantId", "hostname", "rootProcessInstanceId",
+    "batchId", "creationLog", "failureLog", "successLog", "deletionLog",
+)
+_JOB_LOG_KINDS: Final = ("creation", "failure", "success", "deletion")
+_JOB_LOG_SORTS: Final = (
+    "timestamp", "jobId", "jobDefinitionId", "jobDueDate", "jobRetries", "jobPriority",
+    "activityId", "executionId", "processInstanceId", "processDefinitionId",
+    "processDefinitionKey", "deploymentId", "hostname", "occurrence", "tenantId",
+)
+
+#: The exception message of a failed execution job unless a test gives one.
+DEFAULT_FAILURE_MESSAGE: Final = (
+    "ENGINE-13033 Cannot migrate process instance: activity 'task' has no mapping"
 )
 
 
@@ -319,7 +428,16 @@ class FakeEngine(FaultInjector):
         history: bool = True,
         utc_offset: str = "+0100",
         legacy: bool = False,
+        restrict_user_operation_log: bool = True,
+        date_format: str | DateFormatter = DEFAULT_DATE_FORMAT,
+        zone_name: str | None = None,
+        batch_history_ttl: float | None = None,
+        hostname: str = "127.0.0.1$default",
     ) -> None:
+        """``utc_offset`` is the JVM's zone, ``date_format`` the REST API's Jackson pattern
+        (see :data:`DATE_FORMATS`; ``zone_name`` for its ``z``), ``batch_history_ttl`` the
+        ``batchOperationHistoryTimeToLive`` in seconds that sets ``removalTime`` when a batch
+        ends, ``hostname`` what job log entries name as their host."""
         super().__init__()
         self.clock = clock
         self.query_max_results_limit = query_max_results_limit
@@ -329,10 +447,21 @@ class FakeEngine(FaultInjector):
         self.engine_name = engine_name
         self.history = history
         self.legacy = legacy
-        self._format_date = _DateFormat(utc_offset)
+        self.restrict_user_operation_log = restrict_user_operation_log
+        self.batch_history_ttl = batch_history_ttl
+        self.hostname = hostname
+        self._format_date = _DateFormat(utc_offset, date_format, zone_name)
         self._runtime = _SortedIndex()
         self._history = _SortedIndex()
         self._operations: list[UserOperation] = []
+        self._job_logs: dict[str, list[JobLogRun]] = {}  # by batch id
+        self._job_definitions: dict[str, str] = {}  # execution job definition id -> batch id
+        self._job_log_seq = 0
+
+    @property
+    def auth_filter(self) -> bool:
+        """Whether the REST API's authentication filter is on (credentials configured)."""
+        return self.username is not None or self.bearer_token is not None
 
     # ----------------------------------------------------------------- control API: lifecycle
 
@@ -354,6 +483,7 @@ class FakeEngine(FaultInjector):
         self._runtime.add(batch)
         if self.history:
             self._history.add(batch)
+            self._job_log_created(batch, 0)
         return batch_id
 
     def create_many(
@@ -374,27 +504,53 @@ class FakeEngine(FaultInjector):
         self._runtime.add_many(batches)
         if self.history:
             self._history.add_many(batches)
+            for batch in batches:
+                self._job_log_created(batch, 0)
         return [batch.id for batch in batches]
 
     def seed(self, batch_id: str, n: int | None = None) -> None:
         """Let the seed job create ``n`` more execution jobs (all remaining ones when None)."""
         batch = self._running(batch_id)
         wanted = batch.total_jobs if n is None else batch.jobs_created + n
-        batch.jobs_created = min(batch.total_jobs, wanted)
+        self._create_jobs(batch, min(batch.total_jobs, wanted))
 
     def complete_jobs(self, batch_id: str, n: int) -> None:
         """``n`` execution jobs succeed, seeding more first if fewer are pending."""
         batch = self._running(batch_id)
-        batch.completed_jobs += self._execute(batch, n)
+        jobs = self._execute(batch, n)
+        batch.completed_jobs += len(jobs)
+        self._job_log(batch, "success", jobs, DEFAULT_RETRIES)
 
-    def fail_jobs(self, batch_id: str, n: int) -> None:
-        """``n`` execution jobs run out of retries; they stay in remainingJobs."""
+    def fail_jobs(self, batch_id: str, n: int, message: str = DEFAULT_FAILURE_MESSAGE) -> None:
+        """``n`` execution jobs run out of retries; they stay in remainingJobs.
+
+        The job log gets one failure entry per job (for its last attempt, not one per retry).
+        """
         batch = self._running(batch_id)
-        batch.failed_jobs += self._execute(batch, n)
+        jobs = self._execute(batch, n)
+        batch.failed_jobs += len(jobs)
+        batch.failed_ids.extend(jobs)
+        self._job_log(batch, "failure", jobs, 1, message)
 
     def retry_failed(self, batch_id: str) -> None:
         """Failed jobs get retries again (Cockpit's "retry all") and become pending."""
-        self._running(batch_id).failed_jobs = 0
+        batch = self._running(batch_id)
+        batch.retry_pending.extend(batch.failed_ids)
+        batch.failed_ids.clear()
+        batch.failed_jobs = 0
+
+    def delete_failed_jobs(self, batch_id: str) -> None:
+        """Failed jobs are deleted one by one (Cockpit's "delete job"), not the batch.
+
+        They count as completed from then on (completedJobs includes deleted jobs) and the
+        job log gets their deletion entries; the batch can then complete.
+        """
+        batch = self._running(batch_id)
+        jobs = tuple(batch.failed_ids)
+        batch.failed_ids.clear()
+        batch.completed_jobs += len(jobs)
+        batch.failed_jobs = 0
+        self._job_log(batch, "deletion", jobs, 0)
 
     def suspend(self, batch_id: str, *, user: str | None = "demo") -> None:
         """Suspend the batch and log ``SuspendBatch``."""
@@ -410,26 +566,37 @@ class FakeEngine(FaultInjector):
         Unfinished jobs are forced to completion so a scenario need not balance the counts.
         """
         batch = self._runtime.remove(batch_id)
-        batch.jobs_created = batch.completed_jobs = batch.total_jobs
+        self._create_jobs(batch, batch.total_jobs)
+        unfinished = self._take_pending(batch, batch.total_jobs)
+        if batch.failed_ids:
+            unfinished = (*unfinished, *batch.failed_ids)
+            batch.failed_ids.clear()
+        self._job_log(batch, "success", unfinished, DEFAULT_RETRIES)
+        batch.completed_jobs = batch.total_jobs
         batch.failed_jobs = 0
-        batch.end_time = self.clock()
+        self._end(batch)
 
     def delete(self, batch_id: str, cascade: bool = False, *, user: str | None = "demo") -> None:
-        """Cancel the batch (REST ``DELETE /batch/{id}?cascade=``).
+        """Cancel the batch (REST ``DELETE /batch/{id}?cascade=``) as ``user``.
 
-        Like the engine, the historic row gets an endTime; with ``cascade`` it is removed
-        together with the batch's user-operation log entries.
+        Like the engine, the remaining execution jobs are deleted (deletion entries in the
+        job log) and the historic row gets an endTime. The ``Delete`` user-operation entry is
+        written at history FULL for an authenticated ``user`` (``None``: an unauthenticated
+        REST call writes none, unless ``restrict_user_operation_log`` is off). ``cascade``
+        also removes the historic batch and its job log; the user-operation entry stays.
         """
         batch = self._runtime.remove(batch_id)
         self._log(batch_id, "Delete", "cascadeToHistory", str(cascade).lower(), user)
-        batch.end_time = self.clock()
+        self._job_log(batch, "deletion", self._take_pending(batch, batch.jobs_created),
+                      DEFAULT_RETRIES)
+        self._job_log(batch, "deletion", tuple(batch.failed_ids), 0)
+        self._end(batch)
         if cascade:
-            self._history.discard(batch_id)
-            self._operations = [op for op in self._operations if op.batch_id != batch_id]
+            self._discard_history(batch_id)
 
     def remove_history(self, batch_id: str) -> None:
-        """History cleanup removed the historic row (idempotent, like a cleanup run)."""
-        self._history.discard(batch_id)
+        """History cleanup removed the historic row and its job log (idempotent)."""
+        self._discard_history(batch_id)
 
     # ----------------------------------------------------------------- control API: inspection
 
@@ -448,6 +615,10 @@ class FakeEngine(FaultInjector):
         """Ids of the batches that have a historic row, sorted."""
         return list(self._history.ids)
 
+    def job_log(self, batch_id: str) -> list[JobLogRun]:
+        """The batch's historic job log runs, oldest first (empty when it has none)."""
+        return list(self._job_logs.get(batch_id, ()))
+
     # ----------------------------------------------------------------- model internals
 
     def _new_batch(
@@ -459,7 +630,7 @@ class FakeEngine(FaultInjector):
         user: str | None,
         jobs_per_seed: int,
     ) -> EngineBatch:
-        return EngineBatch(
+        batch = EngineBatch(
             id=batch_id,
             type=batch_type,
             total_jobs=total_jobs,
@@ -472,6 +643,9 @@ class FakeEngine(FaultInjector):
             start_time=self.clock(),
             jobs_created=min(total_jobs, jobs_per_seed),
         )
+        if self.history:
+            self._job_definitions[batch.batch_job_definition_id] = batch_id
+        return batch
 
     def _running(self, batch_id: str) -> EngineBatch:
         batch = self._runtime.by_id.get(batch_id)
@@ -479,15 +653,65 @@ class FakeEngine(FaultInjector):
             raise KeyError(f"no running batch {batch_id!r}")
         return batch
 
-    def _execute(self, batch: EngineBatch, n: int) -> int:
-        """Run up to ``n`` pending jobs (seeding as needed); returns how many ran."""
+    def _create_jobs(self, batch: EngineBatch, jobs_created: int) -> None:
+        """The seed job creates execution jobs up to ``jobs_created`` in all."""
+        before = batch.jobs_created
+        if jobs_created > before:
+            batch.jobs_created = jobs_created
+            self._job_log_created(batch, before)
+
+    def _take_pending(self, batch: EngineBatch, n: int) -> JobIndices:
+        """Up to ``n`` pending jobs (retried ones first), which leave the pending set."""
+        retried = batch.retry_pending[:n]
+        del batch.retry_pending[:n]
+        fresh = min(n - len(retried), batch.jobs_created - batch.fresh_from)
+        taken = range(batch.fresh_from, batch.fresh_from + max(0, fresh))
+        batch.fresh_from = taken.stop
+        return (*retried, *taken) if retried else taken
+
+    def _execute(self, batch: EngineBatch, n: int) -> JobIndices:
+        """Run up to ``n`` pending jobs (seeding as needed); returns the jobs that ran."""
         shortfall = n - batch.pending_jobs
         if shortfall > 0:
-            batch.jobs_created = min(batch.total_jobs, batch.jobs_created + shortfall)
-        executed = max(0, min(n, batch.pending_jobs))
-        if executed and batch.execution_start_time is None:
+            self._create_jobs(batch, min(batch.total_jobs, batch.jobs_created + shortfall))
+        jobs = self._take_pending(batch, max(0, n))
+        if jobs and batch.execution_start_time is None:
             batch.execution_start_time = self.clock()
-        return executed
+        return jobs
+
+    def _end(self, batch: EngineBatch) -> None:
+        """The historic end event: endTime, and removalTime when a TTL applies."""
+        batch.end_time = self.clock()
+        if self.batch_history_ttl is not None:
+            batch.removal_time = batch.end_time + self.batch_history_ttl
+
+    def _discard_history(self, batch_id: str) -> None:
+        batch = self._history.by_id.get(batch_id)
+        if batch is None:
+            return
+        self._history.remove(batch_id)
+        self._job_logs.pop(batch_id, None)
+        self._job_definitions.pop(batch.batch_job_definition_id, None)
+
+    def _job_log_created(self, batch: EngineBatch, first: int) -> None:
+        self._job_log(batch, "creation", range(first, batch.jobs_created), DEFAULT_RETRIES)
+
+    def _job_log(
+        self,
+        batch: EngineBatch,
+        kind: str,
+        jobs: Sequence[int],
+        retries: int,
+        message: str | None = None,
+    ) -> None:
+        """Write job log entries for ``jobs``; the engine keeps them at history FULL only."""
+        if not self.history or not jobs or batch.id not in self._history:
+            return
+        self._job_log_seq += 1
+        indices = jobs if isinstance(jobs, range) else tuple(jobs)
+        self._job_logs.setdefault(batch.id, []).append(JobLogRun(
+            self._job_log_seq, batch.id, kind, indices, self.clock(), retries, message,
+        ))
 
     def _set_suspended(
         self, batch_id: str, suspended: bool, operation: str, user: str | None
@@ -500,8 +724,9 @@ class FakeEngine(FaultInjector):
     def _log(
         self, batch_id: str, operation: str, prop: str, new_value: str, user: str | None
     ) -> None:
-        """Write a user-operation log entry; the engine only keeps them with history on."""
-        if self.history:
+        """Write a user-operation log entry: the engine keeps them at history FULL, and by
+        default (``restrictUserOperationLogToAuthenticatedUsers``) only for a known user."""
+        if self.history and (user is not None or not self.restrict_user_operation_log):
             self._operations.append(
                 UserOperation(
                     id=str(uuid.uuid4()),
@@ -542,17 +767,25 @@ class FakeEngine(FaultInjector):
             ("/history/batch/{id}", self._get_historic_batch),
             ("/history/user-operation", self._get_operations),
             ("/history/user-operation/count", self._count_operations),
+            ("/history/job-log", self._get_job_log),
+            ("/history/job-log/count", self._count_job_log),
         ]
         for path, handler in routes:
             router.add_get(prefix + path, handler)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Engine lookup (404), then authentication (401), then ExceptionDto rendering."""
+        """Engine lookup, then authentication (401), then ExceptionDto rendering.
+
+        With the authentication filter on, the filter answers an unknown engine name with
+        its own 404 before authenticating; without it, the resource finds no engine: 400.
+        """
         try:
             name = request.match_info.get("engine_name")
             if name is not None and name != self.engine_name:
-                raise EngineError(404, f"Process engine {name} not available")
+                if self.auth_filter:
+                    raise EngineError(404, f"Process engine {name} not available")
+                raise EngineError(400, "No process engine available")
             if request.match_info.handler != self._get_engines and not self._authenticated(request):
                 return web.Response(
                     status=401, headers={"WWW-Authenticate": f'Basic realm="{self.engine_name}"'}
@@ -561,7 +794,7 @@ class FakeEngine(FaultInjector):
         except EngineError as error:
             body: Row = {"type": error.type, "message": error.message}
             if not self.legacy:
-                body["code"] = None
+                body["code"] = error.code
             return _json(body, error.status)
 
     def _authenticated(self, request: web.Request) -> bool:
@@ -581,17 +814,17 @@ class FakeEngine(FaultInjector):
         return False
 
     def _page(self, params: _Params) -> tuple[int, int | None]:
-        """firstResult/maxResults, enforcing the engine's queryMaxResultsLimit."""
+        """firstResult/maxResults, enforcing the engine's queryMaxResultsLimit.
+
+        The engine checks the limit only when a user is authenticated, i.e. here when the
+        authentication filter is on (every request that got through it is authenticated).
+        """
         first, count = params.number("firstResult") or 0, params.number("maxResults")
-        limit = self.query_max_results_limit
+        limit = self.query_max_results_limit if self.auth_filter else None
         if limit is not None and count is None:
-            raise EngineError(
-                400, "An unbound number of results is forbidden!", "BadUserRequestException"
-            )
+            raise _bad_user_request("An unbound number of results is forbidden!")
         if limit is not None and count is not None and count > limit:
-            raise EngineError(
-                400, f"Max results limit of {limit} exceeded!", "BadUserRequestException"
-            )
+            raise _bad_user_request(f"Max results limit of {limit} exceeded!")
         return first, count
 
     # ----------------------------------------------------------------- runtime endpoints
@@ -696,11 +929,11 @@ class FakeEngine(FaultInjector):
             "tenantId": batch.tenant_id,
             "createUserId": batch.create_user_id,
             "startTime": self._format_date(batch.start_time),
+            "endTime": self._format_date(batch.end_time),
+            "removalTime": self._format_date(batch.removal_time),
         }
         if not self.legacy:
             row["executionStartTime"] = self._format_date(batch.execution_start_time)
-        row["endTime"] = self._format_date(batch.end_time)
-        row["removalTime"] = None
         return row
 
     async def _get_historic_batches(self, request: web.Request) -> web.Response:
@@ -737,19 +970,19 @@ class FakeEngine(FaultInjector):
         return [op for op in self._operations if _operation_matches(op, wanted)]
 
     def _operation_row(self, op: UserOperation) -> Row:
-        return {
-            **_OPERATION_NULLS,
+        values: Row = {
             "id": op.id,
+            "batchId": op.batch_id,
             "userId": op.user_id,
             "timestamp": self._format_date(op.timestamp),
             "operationId": op.operation_id,
             "operationType": op.operation_type,
             "entityType": "Batch",
-            "category": "Operator",
             "property": op.property,
             "newValue": op.new_value,
-            "batchId": op.batch_id,
+            "category": "Operator",
         }
+        return {key: values.get(key) for key in _OPERATION_KEYS}
 
     async def _get_operations(self, request: web.Request) -> web.Response:
         params = _Params(request.query)
@@ -763,6 +996,96 @@ class FakeEngine(FaultInjector):
 
     async def _count_operations(self, request: web.Request) -> web.Response:
         return _json({"count": len(self._query_operations(_Params(request.query)))})
+
+    # ----------------------------------------------------------------- historic job log
+
+    def _job_log_runs(self, params: _Params) -> list[JobLogRun]:
+        """Runs matching the run-level filters, in the order they were written."""
+        definition = params.text("jobDefinitionId")
+        if definition is not None:
+            batch_id = self._job_definitions.get(definition)
+            runs = list(self._job_logs.get(batch_id, ())) if batch_id is not None else []
+        else:
+            runs = sorted(
+                (run for batch_runs in self._job_logs.values() for run in batch_runs),
+                key=lambda run: run.seq,
+            )
+        kinds = {kind for kind in _JOB_LOG_KINDS if params.flag(f"{kind}Log")}
+        batches = self._history.by_id
+        wanted = {
+            "jobDefinitionType": params.text("jobDefinitionType"),
+            "jobDefinitionConfiguration": params.text("jobDefinitionConfiguration"),
+        }
+        tenants = params.ids("tenantIdIn")
+        without_tenant = params.flag("withoutTenantId")
+
+        def keep(run: JobLogRun) -> bool:
+            batch = batches[run.batch_id]
+            return (
+                (not kinds or run.kind in kinds)
+                and wanted["jobDefinitionType"] in (None, batch.type)
+                and wanted["jobDefinitionConfiguration"] in (None, batch.id)
+                and (tenants is None or batch.tenant_id in tenants)
+                and (not without_tenant or batch.tenant_id is None)
+            )
+
+        return [run for run in runs if keep(run)]
+
+    def _job_log_entries(self, params: _Params) -> Iterator[Row]:
+        """Matching entries in log order, rendered lazily."""
+        job_id = params.text("jobId")
+        for run in self._job_log_runs(params):
+            batch = self._history.by_id[run.batch_id]
+            for offset, index in enumerate(run.jobs):
+                row = self._job_log_row(batch, run, offset, index)
+                if job_id is None or row["jobId"] == job_id:
+                    yield row
+
+    def _job_log_row(self, batch: EngineBatch, run: JobLogRun, offset: int, index: int) -> Row:
+        values: Row = {
+            "id": str(uuid.uuid5(_IDS, f"log:{run.seq}:{offset}")),
+            "timestamp": self._format_date(run.timestamp),
+            "removalTime": self._format_date(batch.removal_time),
+            "jobId": str(uuid.uuid5(_IDS, f"job:{batch.batch_job_definition_id}:{index}")),
+            "jobRetries": run.retries,
+            "jobPriority": 0,
+            "jobExceptionMessage": run.message,
+            "jobDefinitionId": batch.batch_job_definition_id,
+            "jobDefinitionType": batch.type,
+            "jobDefinitionConfiguration": batch.id,
+            "tenantId": batch.tenant_id,
+            "hostname": self.hostname,
+            "batchId": batch.id,
+            "creationLog": run.kind == "creation",
+            "failureLog": run.kind == "failure",
+            "successLog": run.kind == "success",
+            "deletionLog": run.kind == "deletion",
+        }
+        keys = [k for k in _JOB_LOG_KEYS if not (self.legacy and k == "batchId")]
+        return {key: values.get(key) for key in keys}
+
+    async def _get_job_log(self, request: web.Request) -> web.Response:
+        """``GET /history/job-log``: written at history FULL as execution jobs are created,
+        fail, succeed or are deleted. Sorting by timestamp or occurrence follows the log
+        order; other sort keys sort the rendered rows (nulls first)."""
+        params = _Params(request.query)
+        sorting = _sorting(params, _JOB_LOG_SORTS)
+        first, count = self._page(params)
+        stop = None if count is None else first + count
+        entries = self._job_log_entries(params)
+        if sorting is None or (sorting.by in ("timestamp", "occurrence")
+                               and not sorting.descending):
+            page = list(islice(entries, first, stop))
+        elif sorting.by in ("timestamp", "occurrence"):
+            page = list(entries)[::-1][first:stop]
+        else:
+            by = sorting.by
+            page = sorted(entries, key=lambda row: _nulls_first(row.get(by)),
+                          reverse=sorting.descending)[first:stop]
+        return _json(page)
+
+    async def _count_job_log(self, request: web.Request) -> web.Response:
+        return _json({"count": sum(1 for _ in self._job_log_entries(_Params(request.query)))})
 
 
 def _operation_matches(op: UserOperation, wanted: Mapping[str, str | None]) -> bool:
