@@ -5,19 +5,22 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import aiohttp
 
-from batchscope.model import EngineBatchSnapshot, EngineHistoryRecord
+from batchscope.model import EngineBatchSnapshot, EngineHistoryRecord, Notice, Source
 from batchscope.sources.engine_json import (
     BadRow,
+    DateProblem,
     parse_history_row,
     parse_statistics_row,
     row_id,
+    says_does_not_exist,
     shows_delete,
+    shows_job_deletion,
 )
 from batchscope.sources.fetch import NotFound, PollError, Response, get_json, ssl_context
 
@@ -39,12 +42,22 @@ class Listing:
     rows: list[EngineBatchSnapshot] = field(default_factory=list)
     skipped: list[SkippedRow] = field(default_factory=list)
     server_time: float | None = None  # the engine's clock when the first page was served
+    #: Problems reported for the first time on this target (``upstream.date_unparsable``):
+    #: each (endpoint, field) once per client, i.e. once per target.
+    warnings: list[Notice] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class HistoryListing:
     rows: list[EngineHistoryRecord] = field(default_factory=list)
     skipped: list[SkippedRow] = field(default_factory=list)
+    warnings: list[Notice] = field(default_factory=list)  # as Listing.warnings
+
+
+#: Longest upstream value quoted in a warning.
+WARNING_VALUE_CHARS = 64
+
+_HISTORY_BY_ID = "/history/batch/{id}"
 
 
 class EngineClient:
@@ -71,6 +84,30 @@ class EngineClient:
         self._on_progress = on_progress
         # History lookups of many finished batches at once must not flood the engine.
         self._lookups = asyncio.Semaphore(8)
+        # (endpoint, field) pairs already reported unreadable: each is reported once.
+        self._reported: set[tuple[str, str]] = set()
+        # Warnings from single lookups, handed out with the next listing.
+        self._pending_warnings: list[Notice] = []
+
+    def _date_warnings(self, endpoint: str, problems: list[DateProblem]) -> list[Notice]:
+        """Notices for the date fields of ``endpoint`` not reported on this target yet."""
+        notices: list[Notice] = []
+        for problem in problems:
+            key = (endpoint, problem.field)
+            if key in self._reported:
+                continue
+            self._reported.add(key)
+            notices.append(Notice("upstream.date_unparsable", "warning", {
+                "source": Source.ENGINE.value, "target": self.target.name,
+                "endpoint": endpoint, "field": problem.field,
+                "value": problem.value[:WARNING_VALUE_CHARS],
+            }))
+        return notices
+
+    def _warnings(self, endpoint: str, problems: list[DateProblem]) -> list[Notice]:
+        """A complete listing's new warnings, with those of single lookups since the last."""
+        pending, self._pending_warnings = self._pending_warnings, []
+        return [*pending, *self._date_warnings(endpoint, problems)]
 
     async def _get(self, path: str, params: dict[str, str] | None = None) -> Response:
         response = await get_json(
@@ -110,6 +147,7 @@ class EngineClient:
         unbounded queries. The sort is by id so that pages are stable.
         """
         listing = Listing()
+        problems: list[DateProblem] = []
         page_size = self.target.page_size
         first = 0
         while True:
@@ -123,10 +161,11 @@ class EngineClient:
                 listing.server_time = response.server_time
             for raw in page:
                 try:
-                    listing.rows.append(parse_statistics_row(raw))
+                    listing.rows.append(parse_statistics_row(raw, problems))
                 except BadRow as exc:
                     listing.skipped.append(SkippedRow("/batch/statistics", row_id(raw), str(exc)))
             if len(page) < page_size:
+                listing.warnings = self._warnings("/batch/statistics", problems)
                 return listing
             first += page_size
 
@@ -134,9 +173,11 @@ class EngineClient:
         """Historic batches that ended at or after ``since`` (epoch seconds), newest first.
 
         The history query has no time filter, so page by ``endTime desc`` until a row is
-        older than ``since``.
+        older than ``since``. A row whose endTime cannot be read is kept (it has ended), and
+        paging stops after a page whose end times could none be read.
         """
         listing = HistoryListing()
+        problems: list[DateProblem] = []
         first = 0
         while True:
             params = {
@@ -145,44 +186,74 @@ class EngineClient:
                 **self._tenant_params(),
             }
             page = await self._get_list("/history/batch", params)
-            reached_older = False
+            reached_older = readable = unreadable = False
             for raw in page:
                 try:
-                    record = parse_history_row(raw)
+                    record = parse_history_row(raw, problems=problems)
                 except BadRow as exc:
                     listing.skipped.append(SkippedRow("/history/batch", row_id(raw), str(exc)))
                     continue
-                if record.end_time is not None and record.end_time < since:
-                    reached_older = True
-                    break
+                unreadable = unreadable or record.end_time_unreadable
+                if record.end_time is not None:
+                    readable = True
+                    if record.end_time < since:
+                        reached_older = True
+                        break
                 listing.rows.append(record)
-            if reached_older or len(page) < page_size:
+            # A page whose end times are all unreadable cannot say where ``since`` is; a
+            # date format the client does not know must not make every sweep read the
+            # whole history.
+            if reached_older or (unreadable and not readable) or len(page) < page_size:
+                listing.warnings = self._warnings("/history/batch", problems)
                 return listing
             first += page_size
 
     async def history_record(self, batch_id: str) -> EngineHistoryRecord | None:
-        """The historic row of a batch, or None when the engine has none (404)."""
+        """The historic row of a batch, or None when the engine says it has none.
+
+        Only the engine's own answer ("Historic batch with id '…' does not exist") means
+        none; any other 404 (an unknown engine name, a proxy's page, an empty body) is a
+        :class:`PollError` ``http_4xx``: the URL is wrong, the batch has not ended.
+        Unreadable dates are reported with the next listing.
+        """
+        path = f"/history/batch/{quote(batch_id, safe='')}"
         async with self._lookups:
             try:
-                body = (await self._get(f"/history/batch/{quote(batch_id, safe='')}")).body
-            except NotFound:
-                return None
+                body = (await self._get(path)).body
+            except NotFound as exc:
+                if says_does_not_exist(exc.body, "history", batch_id):
+                    return None
+                raise _foreign_404(path, exc) from exc
+        problems: list[DateProblem] = []
         try:
-            return parse_history_row(body)
+            record = parse_history_row(body, problems=problems)
         except BadRow as exc:
             raise PollError("invalid_response", f"/history/batch/{batch_id}: {exc}") from exc
+        self._pending_warnings.extend(self._date_warnings(_HISTORY_BY_ID, problems))
+        return record
 
     async def still_running(self, batch_id: str) -> bool:
-        """Whether the runtime still has the batch (``GET /batch/{id}`` is not 404)."""
+        """Whether the runtime still has the batch (``GET /batch/{id}``).
+
+        False only on the engine's own "Batch with id '…' does not exist"; another 404
+        raises :class:`PollError` ``http_4xx``.
+        """
+        path = f"/batch/{quote(batch_id, safe='')}"
         async with self._lookups:
             try:
-                await self._get(f"/batch/{quote(batch_id, safe='')}")
-            except NotFound:
-                return False
+                await self._get(path)
+            except NotFound as exc:
+                if says_does_not_exist(exc.body, "batch", batch_id):
+                    return False
+                raise _foreign_404(path, exc) from exc
         return True
 
     async def was_deleted(self, batch_id: str) -> bool:
-        """Whether the user-operation log records a Delete (cancel) of the batch."""
+        """Whether the user-operation log records a Delete (cancel) of the batch.
+
+        The engine writes it only at history level FULL and, by default, only when the
+        delete was made by an authenticated user.
+        """
         params = {
             "batchId": batch_id, "entityType": "Batch", "operationType": "Delete",
             "maxResults": "10",
@@ -194,13 +265,45 @@ class EngineClient:
         except BadRow as exc:
             raise PollError("invalid_response", f"/history/user-operation: {exc}") from exc
 
+    async def jobs_were_deleted(self, record: EngineHistoryRecord) -> bool:
+        """Whether the historic job log shows the batch's execution jobs deleted at its end.
+
+        A delete (cancel) removes the jobs that never ran and logs a deletion entry for
+        each; a completed batch has none written at its end. One request: the newest
+        deletion entry of the execution jobs' job definition.
+        """
+        if record.batch_job_definition_id is None:
+            return False
+        params = {
+            "jobDefinitionId": record.batch_job_definition_id, "deletionLog": "true",
+            "sortBy": "timestamp", "sortOrder": "desc",
+            "firstResult": "0", "maxResults": "1",
+        }
+        async with self._lookups:
+            body = (await self._get("/history/job-log", params)).body
+        try:
+            return shows_job_deletion(body, record.end_time)
+        except BadRow as exc:
+            raise PollError("invalid_response", f"/history/job-log: {exc}") from exc
+
     async def with_delete_evidence(self, record: EngineHistoryRecord) -> EngineHistoryRecord:
-        if record.end_time is None or record.deleted:
+        """``record`` with ``deleted`` set when there is evidence the batch was deleted.
+
+        Evidence is a Delete in the user-operation log or, since an unauthenticated delete
+        writes none, deletion entries in the historic job log of its execution jobs; the
+        job log is asked only when the user-operation log proved nothing.
+        """
+        if not record.ended or record.deleted:
             return record
-        if not await self.was_deleted(record.batch_id):
+        if not (await self.was_deleted(record.batch_id)
+                or await self.jobs_were_deleted(record)):
             return record
-        return EngineHistoryRecord(
-            batch_id=record.batch_id, batch_type=record.batch_type,
-            total_jobs=record.total_jobs, start_time=record.start_time,
-            end_time=record.end_time, deleted=True,
-        )
+        return replace(record, deleted=True)
+
+
+def _foreign_404(path: str, exc: NotFound) -> PollError:
+    """A 404 that is not the engine's answer about the batch: the URL is wrong."""
+    return PollError(
+        "http_4xx", f"HTTP 404 from {path} that is not the engine's 'does not exist' "
+        f"answer: {exc.detail}", status=404,
+    )

@@ -1,14 +1,18 @@
 """Normalise the engine's JSON (Camunda 7 / Operaton / CIB seven) into snapshots.
 
 Pure functions: a malformed row raises :class:`BadRow` naming the field, so the caller can
-skip that row and keep the rest of the page.
+skip that row and keep the rest of the page. An optional date the parser cannot read does
+not make a row malformed: the field becomes None and the problem is collected in a list
+the caller passes (``problems``), so that it can be reported once.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from batchscope.model import EngineBatchSnapshot, EngineHistoryRecord, JobCounts
 
@@ -17,32 +21,132 @@ class BadRow(ValueError):
     """One list entry that cannot be understood."""
 
 
-# yyyy-MM-dd'T'HH:mm:ss.SSSZ by default; operators may reconfigure the format, so accept
-# missing seconds/fraction, any fraction length, and offsets as +0100, +01:00, +01 or Z.
-_DATE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"
-    r"\s*(Z|[+-]\d{2}(?::?\d{2})?)?$"
+@dataclass(frozen=True, slots=True)
+class DateProblem:
+    """A date field whose value could not be read; the row was kept with the field None."""
+
+    field: str
+    value: str
+
+
+# --------------------------------------------------------------------------- dates
+
+# The engine writes dates with the Jackson pattern yyyy-MM-dd'T'HH:mm:ss.SSSZ in the JVM's
+# zone (2024-07-09T13:33:42.165+0200). Installations may set another pattern (the REST
+# API's dateFormat context parameter): z (zone names such as CEST), XXX (+02:00), without
+# milliseconds or seconds, or a local style such as dd.MM.yyyy HH:mm.
+_ZONE = (
+    r"(?P<zone>Z|[+-]\d{2}(?::?\d{2})?"
+    r"|(?:GMT|UTC|UT)(?:[+-]\d{1,2}(?::?\d{2})?)?"
+    r"|[A-Za-z]{2,5}|[A-Za-z_]+(?:/[A-Za-z0-9_+-]+)+)"
 )
+_TIME = r"(?P<hour>\d{1,2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d{1,9}))?)?"
+_ISO_DATE = re.compile(
+    rf"(?P<year>\d{{4}})-(?P<month>\d{{2}})-(?P<day>\d{{2}})(?:[T ]{_TIME})?\s*{_ZONE}?"
+)
+_DOTTED_DATE = re.compile(
+    rf"(?P<day>\d{{1,2}})\.(?P<month>\d{{1,2}})\.(?P<year>\d{{4}})(?:,?\s+{_TIME})?\s*{_ZONE}?"
+)
+
+# Short zone names as Java prints them with the pattern letter z (its legacy short ids).
+# They name a fixed offset: the summer variants (CEST, EDT...) are names of their own.
+# CST and IST are ambiguous; Java reads them as America/Chicago and Asia/Kolkata.
+_ZONE_NAMES: Final[dict[str, float]] = {
+    "UTC": 0, "GMT": 0, "UT": 0, "WET": 0, "WEST": 1, "BST": 1,
+    "CET": 1, "CEST": 2, "MET": 1, "MEST": 2, "EET": 2, "EEST": 3, "MSK": 3,
+    "IST": 5.5, "HKT": 8, "SGT": 8, "AWST": 8, "JST": 9, "KST": 9,
+    "ACST": 9.5, "ACDT": 10.5, "AEST": 10, "AEDT": 11, "NZST": 12, "NZDT": 13,
+    "BRT": -3, "ART": -3, "AST": -4, "ADT": -3, "EST": -5, "EDT": -4, "CST": -6, "CDT": -5,
+    "MST": -7, "MDT": -6, "PST": -8, "PDT": -7, "AKST": -9, "AKDT": -8, "HST": -10,
+}
+
+
+def _offset(sign: str, digits: str) -> timezone:
+    digits = digits.replace(":", "")
+    if len(digits) <= 2:  # +02, GMT+2
+        hours, minutes = int(digits), 0
+    else:  # +0200, +02:00, GMT+2:30
+        hours, minutes = int(digits[:-2]), int(digits[-2:])
+    if hours > 18 or minutes > 59:
+        raise ValueError(f"offset {sign}{digits} out of range")
+    delta = timedelta(hours=hours, minutes=minutes)
+    return timezone(-delta if sign == "-" else delta)
+
+
+def _zone(text: str | None) -> tzinfo:
+    """The zone of a date's suffix; a date without one is taken as UTC."""
+    if text is None or text == "Z":
+        return UTC
+    if text[0] in "+-":
+        return _offset(text[0], text[1:])
+    upper = text.upper()
+    for prefix in ("GMT", "UTC", "UT"):
+        rest = upper[len(prefix):]
+        if upper.startswith(prefix) and rest[:1] in ("+", "-"):
+            return _offset(rest[0], rest[1:])
+    if upper in _ZONE_NAMES:
+        return timezone(timedelta(hours=_ZONE_NAMES[upper]))
+    if "/" in text:
+        try:
+            return ZoneInfo(text)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    raise ValueError(f"unknown time zone {text!r}")
 
 
 def parse_engine_date(value: str) -> float:
-    """Epoch seconds of an engine date string; naive dates are taken as UTC."""
-    m = _DATE.match(value.strip())
-    if m is None:
+    """Epoch seconds of an engine date string.
+
+    Accepts the engine's default ``yyyy-MM-dd'T'HH:mm:ss.SSSZ`` and the variants operators
+    configure: offsets as ``+0200``, ``+02:00``, ``+02`` or ``Z``; zone names (``CEST``,
+    ``UTC``, ``GMT+02:00``, ``Europe/Berlin``); no milliseconds or seconds; a space for
+    ``T``; and ``dd.MM.yyyy HH:mm[:ss]``. A date without a zone is taken as UTC (the
+    engine's JVM zone is not known to the client). Raises :class:`ValueError` otherwise.
+    """
+    text = value.strip()
+    match = _ISO_DATE.fullmatch(text) or _DOTTED_DATE.fullmatch(text)
+    if match is None:
         raise ValueError(f"unrecognised date {value!r}")
-    year, month, day, hour, minute, second, fraction, offset = m.groups()
-    micros = int((fraction or "0")[:6].ljust(6, "0"))
-    tz = UTC
-    if offset and offset != "Z":
-        sign = -1 if offset[0] == "-" else 1
-        digits = offset[1:].replace(":", "")
-        hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
-        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
-    moment = datetime(
-        int(year), int(month), int(day), int(hour), int(minute), int(second or 0), micros,
-        tzinfo=tz,
-    )
+    parts = match.groupdict()
+    fraction = parts["fraction"] or "0"
+    try:
+        moment = datetime(
+            int(parts["year"]), int(parts["month"]), int(parts["day"]),
+            int(parts["hour"] or 0), int(parts["minute"] or 0), int(parts["second"] or 0),
+            int(fraction[:6].ljust(6, "0")),
+            tzinfo=_zone(parts["zone"]),
+        )
+    except ValueError as exc:
+        raise ValueError(f"unrecognised date {value!r}: {exc}") from exc
     return moment.timestamp()
+
+
+def _date_value(
+    row: dict[str, Any], name: str, problems: list[DateProblem] | None
+) -> tuple[float | None, bool]:
+    """(epoch seconds or None, whether a value was present but unreadable)."""
+    value = row.get(name)
+    if value is None:
+        return None, False
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) / 1000.0, False  # Jackson's timestamps: epoch milliseconds
+    if isinstance(value, str):
+        try:
+            return parse_engine_date(value), False
+        except ValueError:
+            pass
+    if problems is not None:
+        problems.append(DateProblem(name, value if isinstance(value, str) else repr(value)))
+    return None, True
+
+
+def _optional_date(
+    row: dict[str, Any], name: str, problems: list[DateProblem] | None
+) -> float | None:
+    return _date_value(row, name, problems)[0]
+
+
+# --------------------------------------------------------------------------- rows
 
 
 def _str(row: dict[str, Any], name: str) -> str:
@@ -52,6 +156,11 @@ def _str(row: dict[str, Any], name: str) -> str:
     return value
 
 
+def _opt_str(row: dict[str, Any], name: str) -> str | None:
+    value = row.get(name)
+    return value if isinstance(value, str) and value else None
+
+
 def _int(row: dict[str, Any], name: str, default: int | None = None) -> int:
     value = row.get(name)
     if value is None and default is not None:
@@ -59,18 +168,6 @@ def _int(row: dict[str, Any], name: str, default: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise BadRow(f"field {name!r} must be a non-negative integer, got {value!r}")
     return value
-
-
-def _optional_date(row: dict[str, Any], name: str) -> float | None:
-    value = row.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise BadRow(f"field {name!r} must be a date string")
-    try:
-        return parse_engine_date(value)
-    except ValueError as exc:
-        raise BadRow(f"field {name!r}: {exc}") from exc
 
 
 def _row(row: object) -> dict[str, Any]:
@@ -86,44 +183,70 @@ def row_id(row: object) -> str | None:
     return None
 
 
-def parse_statistics_row(raw: object) -> EngineBatchSnapshot:
-    """A ``BatchStatisticsDto`` row of ``/batch/statistics``."""
+def parse_statistics_row(
+    raw: object, problems: list[DateProblem] | None = None
+) -> EngineBatchSnapshot:
+    """A ``BatchStatisticsDto`` row of ``/batch/statistics``.
+
+    ``startTime`` and ``executionStartTime`` are optional (absent before Camunda 7.18): one
+    that cannot be read is None and appended to ``problems``.
+    """
     row = _row(raw)
     total = _int(row, "totalJobs")
     suspended = row.get("suspended", False)
     if not isinstance(suspended, bool):
         raise BadRow(f"field 'suspended' must be a boolean, got {suspended!r}")
-    tenant = row.get("tenantId")
+    batch_id, batch_type = _str(row, "id"), _str(row, "type")
+    jobs = JobCounts(
+        total=total,
+        created=_int(row, "jobsCreated", default=total),
+        completed=_int(row, "completedJobs"),
+        remaining=_int(row, "remainingJobs"),
+        failed=_int(row, "failedJobs"),
+    )
     return EngineBatchSnapshot(
-        batch_id=_str(row, "id"),
-        batch_type=_str(row, "type"),
-        jobs=JobCounts(
-            total=total,
-            created=_int(row, "jobsCreated", default=total),
-            completed=_int(row, "completedJobs"),
-            remaining=_int(row, "remainingJobs"),
-            failed=_int(row, "failedJobs"),
-        ),
+        batch_id=batch_id,
+        batch_type=batch_type,
+        jobs=jobs,
         suspended=suspended,
-        start_time=_optional_date(row, "startTime"),  # absent before Camunda 7.18
-        tenant_id=tenant if isinstance(tenant, str) else None,
+        start_time=_optional_date(row, "startTime", problems),
+        tenant_id=_opt_str(row, "tenantId"),
+        execution_start_time=_optional_date(row, "executionStartTime", problems),
+        batch_job_definition_id=_opt_str(row, "batchJobDefinitionId"),
     )
 
 
-def parse_history_row(raw: object, *, deleted: bool = False) -> EngineHistoryRecord:
-    """A ``HistoricBatchDto`` row of ``/history/batch``."""
+def parse_history_row(
+    raw: object, *, deleted: bool = False, problems: list[DateProblem] | None = None
+) -> EngineHistoryRecord:
+    """A ``HistoricBatchDto`` row of ``/history/batch``.
+
+    An ``endTime`` that is present but unreadable still means the batch ended:
+    ``end_time`` is None and ``end_time_unreadable`` is set. Like the optional dates it is
+    appended to ``problems``.
+    """
     row = _row(raw)
     total = row.get("totalJobs")
     if total is not None and (isinstance(total, bool) or not isinstance(total, int)):
         raise BadRow(f"field 'totalJobs' must be an integer, got {total!r}")
+    batch_id, batch_type = _str(row, "id"), _str(row, "type")
+    start_time = _optional_date(row, "startTime", problems)
+    end_time, end_unreadable = _date_value(row, "endTime", problems)
     return EngineHistoryRecord(
-        batch_id=_str(row, "id"),
-        batch_type=_str(row, "type"),
+        batch_id=batch_id,
+        batch_type=batch_type,
         total_jobs=total,
-        start_time=_optional_date(row, "startTime"),
-        end_time=_optional_date(row, "endTime"),
+        start_time=start_time,
+        end_time=end_time,
         deleted=deleted,
+        end_time_unreadable=end_unreadable,
+        batch_job_definition_id=_opt_str(row, "batchJobDefinitionId"),
+        execution_start_time=_optional_date(row, "executionStartTime", problems),
+        removal_time=_optional_date(row, "removalTime", problems),
     )
+
+
+# --------------------------------------------------------------------------- evidence
 
 
 def shows_delete(entries: object) -> bool:
@@ -133,3 +256,53 @@ def shows_delete(entries: object) -> bool:
     return any(
         isinstance(e, dict) and e.get("operationType") == "Delete" for e in entries
     )
+
+
+#: How long before the batch's endTime the last execution job may have been deleted for
+#: the deletion to count as the batch's own. A delete removes the remaining jobs and ends
+#: the batch in one transaction (milliseconds apart); a failed job deleted by hand lets the
+#: batch complete only at the monitor job's next run, usually seconds later.
+JOB_DELETION_WINDOW: Final = 2.0
+
+
+def shows_job_deletion(entries: object, end_time: float | None) -> bool:
+    """Whether a historic job log page (deletion entries, newest first) proves a delete.
+
+    A deletion entry counts when it was written at the batch's end; with no readable end
+    time or entry timestamp, any deletion entry counts.
+    """
+    if not isinstance(entries, list):
+        raise BadRow("historic job log is not a list")
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("deletionLog") is not True:
+            continue
+        if end_time is None:
+            return True
+        stamp, unreadable = _date_value(entry, "timestamp", None)
+        if stamp is None or unreadable or stamp >= end_time - JOB_DELETION_WINDOW:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- errors
+
+_MISSING = {
+    "batch": re.compile(r"Batch with id '(?P<id>.*)' does not exist"),
+    "history": re.compile(r"Historic batch with id '(?P<id>.*)' does not exist"),
+}
+
+
+def says_does_not_exist(body: object, kind: str, batch_id: str) -> bool:
+    """Whether a 404 body is the engine's own ExceptionDto saying the batch does not exist.
+
+    ``kind`` is ``"batch"`` (``GET /batch/{id}``) or ``"history"``
+    (``GET /history/batch/{id}``). Any other 404 (an unknown engine name, a proxy's page,
+    an empty body) is not an answer about the batch.
+    """
+    if not isinstance(body, dict):
+        return False
+    message = body.get("message")
+    if not isinstance(message, str):
+        return False
+    match = _MISSING[kind].fullmatch(message.strip())
+    return match is not None and match["id"] == batch_id
