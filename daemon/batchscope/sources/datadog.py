@@ -36,6 +36,16 @@ def _opt_number(obj: dict[str, Any], name: str) -> float | None:
     return float(value)
 
 
+def _opt_int(obj: dict[str, Any], name: str) -> int | None:
+    value = _opt_number(obj, name)
+    return int(value) if value is not None else None
+
+
+def _opt_bool(obj: dict[str, Any], name: str) -> bool | None:
+    value = obj.get(name)
+    return value if isinstance(value, bool) else None
+
+
 def _dig(obj: object, *path: str) -> str | None:
     for name in path:
         if not isinstance(obj, dict):
@@ -45,6 +55,13 @@ def _dig(obj: object, *path: str) -> str | None:
 
 
 def parse_result(raw: object) -> CiResult:
+    """One entry of ``results``.
+
+    ``duration`` is 0 while a result is in progress (datadog-ci's own fixtures), which
+    means unknown, not zero milliseconds. ``retries``, ``max_retries`` and ``timed_out``
+    are null until known. Entries skipped by execution rule or by a selective rerun have
+    no ``location``, ``result_id`` or ``duration``.
+    """
     if not isinstance(raw, dict):
         raise ValueError(f"result is a {type(raw).__name__}, not an object")
     test_id = raw.get("test_public_id")
@@ -53,7 +70,12 @@ def parse_result(raw: object) -> CiResult:
         raise ValueError("result has no test_public_id")
     if not isinstance(status, str):
         raise ValueError(f"result of {test_id} has no status")
-    retries = _opt_number(raw, "retries")
+    duration = _opt_number(raw, "duration")
+    if duration == 0 and status == "in_progress":
+        duration = None
+    rerun = raw.get("selective_rerun")
+    if not isinstance(rerun, dict):
+        rerun = {}
     return CiResult(
         test_public_id=test_id,
         status=status,
@@ -63,8 +85,25 @@ def parse_result(raw: object) -> CiResult:
         test_type=_opt_str(raw, "test_type"),
         execution_rule=_opt_str(raw, "execution_rule"),
         result_id=_opt_str(raw, "result_id"),
-        retries=int(retries) if retries is not None else None,
-        duration_ms=_opt_number(raw, "duration"),
+        retries=_opt_int(raw, "retries"),
+        duration_ms=duration,
+        initial_result_id=_opt_str(raw, "initial_result_id"),
+        timed_out=_opt_bool(raw, "timed_out"),
+        max_retries=_opt_int(raw, "max_retries"),
+        selective_rerun=_opt_str(rerun, "decision"),
+        linked_result_id=_opt_str(rerun, "linked_result_id"),
+    )
+
+
+def parse_metadata(meta: object) -> CiMetadata:
+    """CI metadata in both spellings: datadog-ci sends ``git.commit.sha``, the published
+    model names ``git.commitSha``."""
+    return CiMetadata(
+        pipeline_url=_dig(meta, "ci", "pipeline", "url"),
+        git_branch=_dig(meta, "git", "branch"),
+        git_commit=_dig(meta, "git", "commit", "sha") or _dig(meta, "git", "commitSha"),
+        job_name=_dig(meta, "ci", "job", "name"),
+        provider_name=_dig(meta, "ci", "provider", "name"),
     )
 
 
@@ -90,16 +129,17 @@ def parse_batch(batch_id: str, body: object) -> ParsedBatch:
             results.append(parse_result(raw))
         except ValueError as exc:
             skipped.append(str(exc))
-    meta = data.get("metadata")
-    metadata = CiMetadata(
-        pipeline_url=_dig(meta, "ci", "pipeline", "url"),
-        git_branch=_dig(meta, "git", "branch"),
-        git_commit=_dig(meta, "git", "commitSha"),
-    )
     snapshot = DatadogBatchSnapshot(
-        batch_id=batch_id, status=status, results=tuple(results), metadata=metadata
+        batch_id=batch_id, status=status, results=tuple(results),
+        metadata=parse_metadata(data.get("metadata")),
     )
     return ParsedBatch(snapshot, skipped)
+
+
+def says_not_found(body: object) -> bool:
+    """Whether a 404 body is Datadog's own answer (``{"errors": [...]}``): the batch is
+    not known (yet). Anything else (a proxy's page, an empty body) means a wrong URL."""
+    return isinstance(body, dict) and isinstance(body.get("errors"), list)
 
 
 class Pacer:
@@ -165,7 +205,11 @@ class DatadogClient:
         self.pacer = Pacer()
 
     async def batch(self, batch_id: str) -> ParsedBatch | None:
-        """The batch, or None while Datadog answers 404 for it."""
+        """The batch, or None while Datadog answers 404 for it.
+
+        Only Datadog's own 404 (a JSON body with an ``errors`` list) means not found;
+        another 404 raises :class:`PollError` ``http_4xx`` (a target error).
+        """
         async with self._slots:
             while (wait := self.pacer.delay(time.monotonic())) > 0:
                 # Waiting for the rate-limit window is progress, not a wedged loop.
@@ -181,8 +225,13 @@ class DatadogClient:
                     max_bytes=self.target.max_response_bytes,
                     ssl_option=self._ssl,
                 )
-            except NotFound:
-                return None
+            except NotFound as exc:
+                if says_not_found(exc.body):
+                    return None
+                raise PollError(
+                    "http_4xx", "HTTP 404 that is not Datadog's 'errors' answer: "
+                    f"{exc.detail}", status=404,
+                ) from exc
             except PollError as exc:
                 if exc.rate_limit is not None:
                     self.rate_limit = exc.rate_limit
