@@ -36,11 +36,30 @@ async def test_full_tracker_evicts_then_refuses_visibly(logs: LogLines) -> None:
         await wait_until(lambda: logs.events("tracker.full"))
         assert logs.events("batch.transition", batch_id=extra) == []
         assert logs.events("tracker.full")[0]["refused_batches"] == 1
+        # Each source has its own bound: a full engine side leaves room for CI watches...
+        for n in range(3):
+            assert await stack.post_watch(f"ci-{n}") == 201
+        # ...and watches cannot crowd out engine batches: the CI side is full on its own.
         async with stack.http.post(stack.base + "/api/v1/datadog/batches",
                                    json={"batch_id": "one-too-many"},
                                    headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
             assert resp.status == 503
             assert "max_tracked_batches" in (await resp.json())["error"]
+        assert await stack.sample("batchscope_tracked_batches") == 6
+
+
+async def test_posted_watches_cannot_blind_engine_monitoring(logs: LogLines) -> None:
+    """Anyone with the API token can POST watches; with the CI side full, a new engine
+    batch is still tracked and reported."""
+    engine = FakeEngine()
+    async with running_stack(engine=engine, max_tracked_batches=5) as stack:
+        for n in range(5):
+            assert await stack.post_watch(f"flood-{n}") == 201
+        assert await stack.post_watch("flood-5") == 503
+        refusals = len(logs.events("tracker.full"))  # the refused watch's line
+        batch = engine.create_batch(total_jobs=2)
+        await wait_until(lambda: logs.events("batch.transition", batch_id=batch))
+        assert len(logs.events("tracker.full")) == refusals
 
 
 async def test_retention_forgets_finished_batches(logs: LogLines) -> None:

@@ -13,7 +13,7 @@ from batchscope.http.app import build_app
 from batchscope.http.ports import ApiPorts, WatchOutcome
 from batchscope.model import DATADOG_BATCH_TYPE, Source, State
 from batchscope.settings import HttpSettings
-from batchscope.tracker import TrackedBatch
+from batchscope.tracker import Key, TrackedBatch
 
 TOKEN = "api-token-for-fakes"
 
@@ -42,6 +42,10 @@ class FakePorts:
 
     def get(self, source: Source, target: str, batch_id: str) -> TrackedBatch | None:
         return self.records.get(batch_id)
+
+    def batches_after(self, after: Key | None) -> Iterator[TrackedBatch]:
+        return iter([r for r in sorted(self.records.values(), key=lambda r: r.key)
+                     if after is None or r.key > after])
 
     def after(self, seq: int, limit: int = 1000) -> list[dict[str, Any]]:
         return [{"seq": n} for n in range(seq + 1, min(seq + 1 + limit, 4))]
@@ -151,5 +155,32 @@ async def test_batches_and_events_are_read_through_their_ports() -> None:
         rows = await (await c.get("/api/v1/batches?state=passed")).json()
         assert [r["batch_id"] for r in rows] == ["b"]
         assert [e["seq"] for e in await (await c.get("/api/v1/events?after=1")).json()] == [2, 3]
+    finally:
+        await c.close()
+
+
+async def test_batches_are_paged_with_a_cursor_and_a_next_link() -> None:
+    """limit bounds a page; Link rel=next carries an opaque cursor until the last page;
+    a bad limit or a forged cursor is a 400 with an error object."""
+    ports = FakePorts(records={f"b{n:02}": record(f"b{n:02}") for n in range(25)})
+    c = await client(ports)
+    try:
+        seen: list[str] = []
+        url: str | None = "/api/v1/batches?limit=10&source=datadog"
+        pages = 0
+        while url is not None:
+            resp = await c.get(url)
+            assert resp.status == 200
+            seen += [r["batch_id"] for r in await resp.json()]
+            pages += 1
+            link = resp.headers.get("Link")
+            url = None if link is None else link.split(">")[0].lstrip("<")
+            if url is not None:
+                assert 'rel="next"' in link  # type: ignore[operator]
+        assert pages == 3 and seen == sorted(ports.records)
+        assert len(await (await c.get("/api/v1/batches")).json()) == 25  # default 1000
+        for bad in ("limit=0", "limit=10001", "limit=x", "cursor=%%%", "cursor=WzEsMl0"):
+            resp = await c.get(f"/api/v1/batches?{bad}")
+            assert resp.status == 400 and "error" in await resp.json(), bad
     finally:
         await c.close()

@@ -196,3 +196,29 @@ def test_an_unreadable_end_time_still_ends_the_batch() -> None:
     out = core.apply(E, HistorySwept(rows), 1_010.0)
     assert states(out.events) == [("short", "none", "passed")]
     assert core.get(Source.ENGINE, "prod", "old").state is State.PASSED  # type: ignore[union-attr]
+
+
+def test_a_batch_listed_twice_in_one_listing_is_applied_once() -> None:
+    """Offset paging over a changing list can list one id on two pages in two states: one
+    listing gives at most one transition per batch (the later row wins)."""
+    core = Core(retention=3600, max_tracked=100)
+    core.configure([ENGINE], 0.0)
+    core.apply(E, RuntimeListed([eng("a")]), 1.0)
+    for now in (2.0, 3.0, 4.0):
+        out = core.apply(E, RuntimeListed([eng("a", failed=1), eng("a", suspended=True)]), now)
+        assert len(states(out.events)) <= 1
+    assert core.get(Source.ENGINE, "prod", "a").state is State.SUSPENDED  # type: ignore[union-attr]
+
+
+def test_each_source_has_its_own_bound() -> None:
+    """Watches cannot crowd engine batches out (nor the reverse): the bound is per source."""
+    core = Core(retention=3600, max_tracked=2)
+    core.configure([ENGINE, datadog()], 0.0)
+    from batchscope.tracker import Outcome
+
+    out = Outcome()
+    assert core.watch("ci", "w1", 1.0, out) and core.watch("ci", "w2", 1.0, out)
+    assert not core.watch("ci", "w3", 1.0, out)
+    listed = core.apply(E, RuntimeListed([eng("a"), eng("b"), eng("c")]), 2.0)
+    assert sorted(b for b, _, _ in states(listed.events)) == ["a", "b"]
+    assert [n.event for n in listed.notices] == ["tracker.full"]

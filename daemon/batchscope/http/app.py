@@ -5,6 +5,7 @@ Handlers read through the narrow interfaces of ``ports.py`` and never do upstrea
 
 from __future__ import annotations
 
+import base64
 import hmac
 from typing import Any
 
@@ -18,6 +19,7 @@ from batchscope.http.ports import ApiPorts, WatchOutcome
 from batchscope.http.views import batch_view
 from batchscope.model import BATCH_ID_RULE, Source, State, is_valid_batch_id
 from batchscope.settings import HttpSettings
+from batchscope.tracker import Key, TrackedBatch
 
 PORTS: web.AppKey[ApiPorts] = web.AppKey("ports")
 HTTP: web.AppKey[HttpSettings] = web.AppKey("http_settings")
@@ -61,6 +63,25 @@ async def readyz(request: web.Request) -> web.Response:
     return _json({"status": "starting: not every target has been polled yet"}, 503)
 
 
+DEFAULT_PAGE = 1_000
+MAX_PAGE = 10_000
+
+
+def _encode_cursor(rec: TrackedBatch) -> str:
+    raw = orjson.dumps([rec.source.value, rec.target, rec.batch_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> Key:
+    """The key a cursor points after; ValueError when it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        source, target, batch_id = orjson.loads(raw)
+        return (Source(source), str(target), str(batch_id))
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        raise ValueError("cursor is not one this API handed out") from exc
+
+
 async def list_batches(request: web.Request) -> web.Response:
     reader = request.app[PORTS].batches
     query = request.query
@@ -69,13 +90,37 @@ async def list_batches(request: web.Request) -> web.Response:
         return _error(400, f"unknown source {source!r}; use engine or datadog")
     if state is not None and state not in {s.value for s in State}:
         return _error(400, f"unknown state {state!r}")
-    rows = [
-        batch_view(rec) for rec in reader.batches()
-        if (source is None or rec.source.value == source)
-        and (target is None or rec.target == target)
-        and (state is None or rec.state.value == state)
-    ]
-    return _json(rows)
+    try:
+        limit = int(query.get("limit", DEFAULT_PAGE))
+    except ValueError:
+        return _error(400, "limit must be an integer")
+    if not 1 <= limit <= MAX_PAGE:
+        return _error(400, f"limit must be between 1 and {MAX_PAGE}")
+    after: Key | None = None
+    if "cursor" in query:
+        try:
+            after = _decode_cursor(query["cursor"])
+        except ValueError as exc:
+            return _error(400, str(exc))
+    rows: list[dict[str, Any]] = []
+    last: TrackedBatch | None = None
+    more = False
+    for rec in reader.batches_after(after):
+        if ((source is not None and rec.source.value != source)
+                or (target is not None and rec.target != target)
+                or (state is not None and rec.state.value != state)):
+            continue
+        if len(rows) == limit:
+            more = True
+            break
+        rows.append(batch_view(rec))
+        last = rec
+    headers = {}
+    if more and last is not None:
+        url = request.rel_url.update_query(cursor=_encode_cursor(last), limit=limit)
+        headers["Link"] = f'<{url}>; rel="next"'
+    return web.Response(body=orjson.dumps(rows), content_type="application/json",
+                        headers=headers)
 
 
 async def list_events(request: web.Request) -> web.Response:

@@ -12,11 +12,15 @@ from enum import Enum
 from typing import Any, Protocol
 
 from batchscope.model import Source
-from batchscope.tracker import TrackedBatch
+from batchscope.tracker import Key, TrackedBatch
 
 
 class BatchReader(Protocol):
     def batches(self) -> Iterator[TrackedBatch]: ...
+
+    def batches_after(self, after: Key | None) -> Iterator[TrackedBatch]:
+        """In a stable (key) order, from just after ``after``: what paging walks."""
+        ...
 
     def get(self, source: Source, target: str, batch_id: str) -> TrackedBatch | None: ...
 

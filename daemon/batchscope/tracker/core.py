@@ -9,6 +9,7 @@ history cursor, and hands the state store its changes. Pure: no I/O, time passed
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -89,6 +90,8 @@ class Core:
         # Memory loaded from the state file for targets not (yet) configured.
         self._restored: dict[TargetKey, TargetMemory] = {}
         self._memory_changed = False
+        self._sorted: list[Key] = []
+        self._sorted_version = -1
 
     # ------------------------------------------------------------------ set-up
 
@@ -263,6 +266,19 @@ class Core:
 
     def batches(self) -> Iterator[TrackedBatch]:
         return iter(self.tracker.records.values())
+
+    def batches_after(self, after: Key | None) -> Iterator[TrackedBatch]:
+        """Records in key order, from just after ``after`` (a stable order for paging)."""
+        if self._sorted_version != self.tracker.version:
+            self._sorted = sorted(self.tracker.records)
+            self._sorted_version = self.tracker.version
+        keys = self._sorted
+        start = 0 if after is None else bisect.bisect_right(keys, after)
+        records = self.tracker.records
+        for key in keys[start:]:
+            rec = records.get(key)
+            if rec is not None:
+                yield rec
 
     @property
     def seq(self) -> int:

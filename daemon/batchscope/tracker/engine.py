@@ -95,8 +95,11 @@ class EngineTracker(RecordBook):
         looked up. A row listed but unreadable (``unreadable``) is still running.
         """
         out = Outcome()
+        # One row per id: offset paging over a changing list can list a batch twice, in
+        # two states; the later page is the fresher answer.
+        latest = {row.batch_id: row for row in rows}
         seen: set[str] = set(unreadable)
-        for row in rows:
+        for row in latest.values():
             seen.add(row.batch_id)
             rec = self.records.get((Source.ENGINE, target, row.batch_id))
             if rec is None:

@@ -95,14 +95,19 @@ class RecordBook:
 
     def __init__(self, *, retention: float, max_tracked: int, seq: int = 0) -> None:
         self.retention = retention
+        # Each source has its own bound: whoever may POST watches must not be able to
+        # crowd engine batches out, nor a busy engine the CI batches.
         self.max_tracked = max_tracked
         self.seq = seq
         self.records: dict[Key, TrackedBatch] = {}
+        self._per_source: Counter[Source] = Counter()
+        self.version = 0  # changes whenever a record is added or forgotten
         # Non-terminal records per (source, target): what pollers iterate and what the
         # per-batch metric series show.
         self.active: dict[TargetKey, dict[str, TrackedBatch]] = {}
-        # Terminal keys in the order they ended: expiry and eviction pop from the front.
-        self._ended: dict[Key, None] = {}
+        # Terminal keys in the order they ended, per source: expiry and eviction pop from
+        # the front.
+        self._ended_by_source: dict[Source, dict[Key, None]] = {s: {} for s in Source}
         self.counts: Counter[tuple[Source, str, State]] = Counter()
         self.dirty: set[Key] = set()
         self.forgotten: set[Key] = set()
@@ -137,16 +142,25 @@ class RecordBook:
         self.active.pop((source, target), None)
         return len(keys)
 
+    @property
+    def _ended(self) -> dict[Key, None]:
+        """Every terminal key (both sources)."""
+        return {k: None for ended in self._ended_by_source.values() for k in ended}
+
+    def count(self, source: Source) -> int:
+        return self._per_source[source]
+
     def expire(self, now: float) -> int:
         """Forget terminal batches older than the retention; returns how many."""
         forgotten = 0
-        while self._ended:
-            key = next(iter(self._ended))
-            rec = self.records[key]
-            if now - rec.state_since < self.retention:
-                break
-            self._forget(key)
-            forgotten += 1
+        for ended in self._ended_by_source.values():
+            while ended:
+                key = next(iter(ended))
+                rec = self.records[key]
+                if now - rec.state_since < self.retention:
+                    break
+                self._forget(key)
+                forgotten += 1
         return forgotten
 
     def restore(self, records: Iterable[TrackedBatch], seq: int) -> None:
@@ -154,8 +168,10 @@ class RecordBook:
         self.seq = max(self.seq, seq)
         for rec in sorted(records, key=lambda r: r.state_since):
             self.records[rec.key] = rec
+            self._per_source[rec.source] += 1
             self._index(rec)
             self.counts[(rec.source, rec.target, rec.state)] += 1
+        self.version += 1
 
     def take_changes(self) -> tuple[list[TrackedBatch], list[Key]]:
         """Records changed and keys forgotten since the last call (for the state store)."""
@@ -179,9 +195,11 @@ class RecordBook:
     # ------------------------------------------------------------------ internals
 
     def _admit(self, rec: TrackedBatch, out: Outcome, *, silent: bool = False) -> bool:
-        """Make room for a new record: evict the oldest terminal batch, or refuse."""
-        if len(self.records) >= self.max_tracked:
-            if not self._ended:
+        """Make room for a new record: evict the oldest terminal batch of its source, or
+        refuse."""
+        if self._per_source[rec.source] >= self.max_tracked:
+            ended = self._ended_by_source[rec.source]
+            if not ended:
                 self.refused += 1
                 if not silent:
                     out.notices.append(Notice("tracker.full", "error", {
@@ -189,9 +207,11 @@ class RecordBook:
                         "batch_id": rec.batch_id, "max_tracked_batches": self.max_tracked,
                     }))
                 return False
-            self._forget(next(iter(self._ended)))
+            self._forget(next(iter(ended)))
             self.evictions += 1
         self.records[rec.key] = rec
+        self._per_source[rec.source] += 1
+        self.version += 1
         self.counts[(rec.source, rec.target, rec.state)] += 1
         self._index(rec)
         self.dirty.add(rec.key)
@@ -200,14 +220,16 @@ class RecordBook:
 
     def _index(self, rec: TrackedBatch) -> None:
         if rec.terminal:
-            self._ended[rec.key] = None
+            self._ended_by_source[rec.source][rec.key] = None
         else:
             self.active.setdefault((rec.source, rec.target), {})[rec.batch_id] = rec
 
     def _forget(self, key: Key) -> None:
         rec = self.records.pop(key)
+        self._per_source[rec.source] -= 1
+        self.version += 1
         self.counts[(rec.source, rec.target, rec.state)] -= 1
-        self._ended.pop(key, None)
+        self._ended_by_source[rec.source].pop(key, None)
         self.active.get((rec.source, rec.target), {}).pop(rec.batch_id, None)
         self.dirty.discard(key)
         self.forgotten.add(key)
@@ -222,7 +244,7 @@ class RecordBook:
         self.dirty.add(rec.key)
         if rec.terminal:
             self.active.get((rec.source, rec.target), {}).pop(rec.batch_id, None)
-            self._ended[rec.key] = None
+            self._ended_by_source[rec.source][rec.key] = None
 
     def _transition(
         self,
