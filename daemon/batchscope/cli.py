@@ -121,9 +121,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(args)
     _setup_logging(settings)
 
+    current = [settings]
+
     def reload() -> Settings:
         new = _load(args)
+        old = current[0]
+        if (new.log_level, new.log_format) != (old.log_level, old.log_format):
+            _setup_logging(new)  # applied live; the old secrets stay registered
+            register_secrets(_secrets(old))
         register_secrets(_secrets(new))
+        current[0] = new
         return new
 
     async def main() -> None:

@@ -100,3 +100,59 @@ async def test_sighup_adds_removes_and_rejects(tmp_path: Path) -> None:
                 proc.kill()
                 await proc.wait()
             reader.cancel()
+
+
+async def test_sighup_applies_live_settings_and_names_the_rest(tmp_path: Path) -> None:
+    """SIGHUP applies log_level, retention, max_tracked_batches and max_batch_series at
+    once, and the reload line names every changed setting that needs a restart."""
+    engine = FakeEngine()
+    port = free_port()
+    path = tmp_path / "batchscope.toml"
+    async with await start_simulator(engine=engine, datadog=FakeDatadog()) as sim:
+        base = config(sim.engine_url, None, port, tmp_path / "state.db")
+        path.write_text(base)
+        env = {**os.environ, "PYTHONPATH": str(DAEMON_DIR)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "batchscope", "run", "--config", str(path), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        lines: list[dict[str, object]] = []
+
+        async def read() -> None:
+            assert proc.stdout is not None
+            async for raw in proc.stdout:
+                lines.append(json.loads(raw))
+
+        reader = asyncio.create_task(read())
+        try:
+            first = engine.create_batch(total_jobs=3)
+            await wait_until(lambda: any(e.get("batch_id") == first for e in lines), timeout=20)
+            changed = base.replace(f"port = {port}", f"port = {free_port()}").replace(
+                "poll_interval = 0.05",
+                'poll_interval = 0.05\nlog_level = "warning"\nretention = 7\n'
+                'max_batch_series = 3\nstate_path = "/tmp/elsewhere.db"')
+            changed = changed.replace(f'state_path = "{tmp_path / "state.db"}"\n', "", 1)
+            path.write_text(changed)
+            proc.send_signal(signal.SIGHUP)
+            await wait_until(lambda: any(e["event"] == "settings.reloaded" for e in lines),
+                             timeout=10)
+            reloaded = next(e for e in lines if e["event"] == "settings.reloaded")
+            assert reloaded["restart_needed"] == ["http.port", "state_path"]
+            assert {"log_level", "retention", "max_batch_series"} <= set(
+                reloaded["changed"])  # type: ignore[arg-type]
+            # log_level=warning now: a new batch's info line is gone, its failure is not
+            second = engine.create_batch(total_jobs=3)
+            engine.fail_jobs(second, 1)
+            await wait_until(lambda: any(e.get("batch_id") == second for e in lines),
+                             timeout=10)
+            assert {e["level"] for e in lines if e.get("batch_id") == second} == {"warning"}
+            async with aiohttp.ClientSession() as http, http.get(
+                    f"http://127.0.0.1:{port}/metrics") as resp:
+                text = await resp.text()  # the old port: the listener needs a restart
+            assert "batchscope_batch_series_dropped" in text
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 15) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            reader.cancel()

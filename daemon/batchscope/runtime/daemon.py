@@ -209,17 +209,32 @@ class Daemon:
             problems = getattr(exc, "problems", [str(exc)])
             log.error("settings.reload_rejected", problems=problems)
             return
-        old = _targets_by_key(self.settings)
+        old_settings = self.settings
+        changed = changed_settings(old_settings, new)
+        old = _targets_by_key(old_settings)
         wanted = _targets_by_key(new)
         self.settings = new
+        self._apply_live(new)
         for key, t in old.items():
-            if (key not in wanted or wanted[key] != t) and key in self.targets:
+            moved = (key not in wanted or wanted[key] != t
+                     or old_settings.interval_for(t) != new.interval_for(wanted[key]))
+            if moved and key in self.targets:
                 await self._stop_target(key, new.shutdown_timeout)
         self._configure_core()
         for key, t in wanted.items():
             if key not in self.targets and not self.stop_event.is_set():
                 self._start_target(t)
-        log.info("settings.reloaded", targets=[f"{s.value}:{n}" for s, n in self.targets])
+        restart_needed = sorted(changed & RESTART_NEEDED)
+        # A change that did not take effect is worth a warning: the operator thinks it did.
+        (log.warning if restart_needed else log.info)(
+            "settings.reloaded", targets=[f"{s.value}:{n}" for s, n in self.targets],
+            changed=sorted(changed - RESTART_NEEDED), restart_needed=restart_needed)
+
+    def _apply_live(self, new: Settings) -> None:
+        """Bounds and caps take effect at once (log settings: the CLI's reload does them)."""
+        self.core.tracker.retention = new.retention
+        self.core.tracker.max_tracked = new.max_tracked_batches
+        self.metrics.collector.max_batch_series = new.max_batch_series
 
     async def stop(self) -> None:
         self.stop_event.set()
@@ -258,6 +273,25 @@ class Daemon:
         finally:
             log.info("daemon.stopping")
             await self.stop()
+
+
+#: Settings a running daemon cannot change: it listens and holds its state file.
+RESTART_NEEDED = frozenset({"http.host", "http.port", "http.api_token", "http.max_body_bytes",
+                            "state_path", "secrets_dir"})
+
+
+def changed_settings(old: Settings, new: Settings) -> set[str]:
+    """Dotted names of the global settings that differ (targets are compared apart)."""
+    before = old.model_dump(exclude={"engines", "datadog"})
+    after = new.model_dump(exclude={"engines", "datadog"})
+    changed = set()
+    for name in before.keys() | after.keys():
+        a, b = before.get(name), after.get(name)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed |= {f"{name}.{k}" for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+        elif a != b:
+            changed.add(name)
+    return changed
 
 
 def _targets_by_key(settings: Settings) -> dict[tuple[Source, str], TargetSettings]:
