@@ -49,10 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reset-state", action="store_true",
                      help="start from an empty state file (discard an unusable one)")
 
-    demo = sub.add_parser("demo", help="run the daemon against a built-in simulator")
-    demo.add_argument("--port", type=int, default=9847, help="HTTP port (default 9847)")
-    demo.add_argument("--host", default="127.0.0.1", help="HTTP listen address")
-    demo.add_argument("--log-format", choices=["json", "console"])
+    demo = sub.add_parser(
+        "demo", help="run the daemon against a built-in simulator",
+        description="The daemon against built-in simulators of both APIs. Reads http.*, "
+                    "log_format and log_level from the same sources as run (flags win).")
+    _common(demo)
+    demo.add_argument("--port", type=int, help="HTTP port (http.port, default 9847)")
+    demo.add_argument("--host", help="HTTP listen address (http.host, default 127.0.0.1)")
     demo.add_argument("--duration", type=float, default=None,
                       help="stop after this many seconds (default: run until Ctrl-C)")
 
@@ -162,11 +165,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from batchscope.runtime.daemon import ListenError
     from batchscope.simulator.demo import run_demo
 
+    user = _load(args)
     try:
-        return asyncio.run(run_demo(host=args.host, port=args.port,
-                                    log_format=args.log_format, duration=args.duration))
+        return asyncio.run(run_demo(user, duration=args.duration))
     except ListenError as exc:
-        raise _listen_error(exc.error, args.host, args.port) from exc
+        host = user.http.host if "host" in user.http.model_fields_set else "127.0.0.1"
+        error = _listen_error(exc.error, host, user.http.port)
+        raise _ConfigExit(
+            f"{error}; pick another port: batchscope demo --port {user.http.port + 1} "
+            f"(or BATCHSCOPE_HTTP__PORT={user.http.port + 1})") from exc
 
 
 def _print_batches(rows: list[dict[str, Any]], as_json: bool) -> None:

@@ -174,3 +174,43 @@ async def test_demo_on_a_busy_port_exits_78() -> None:
         code, _, err = await batchscope("demo", "--port", str(port), "--duration", "5")
     assert code == 78
     assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+
+
+async def test_demo_reads_the_settings_sources_and_logs_json_on_a_pipe() -> None:
+    """BATCHSCOPE_HTTP__PORT moves the demo's listener, as it does run's; with stdout on a
+    pipe its log lines are JSON (the same rule as run), so `batchscope demo | jq` works."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "batchscope", "demo", "--duration", "30",
+        env={**env(), "BATCHSCOPE_HTTP__PORT": str(port)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    lines: list[dict[str, object]] = []
+
+    async def read() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            lines.append(json.loads(raw))  # a console line would fail here
+
+    reader = asyncio.create_task(read())
+    try:
+        await wait_until(lambda: any(e["event"] == "batch.transition" for e in lines),
+                         timeout=20)
+        started = next(e for e in lines if e["event"] == "daemon.started")
+        assert started["http_port"] == port and started["http_host"] == "127.0.0.1"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 15)
+        reader.cancel()
+
+
+async def test_demo_on_a_busy_port_says_how_to_pick_another() -> None:
+    """A newcomer whose 9847 is busy is told which flag or variable picks another port."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code, _, err = await batchscope("demo", "--port", str(port), "--duration", "5")
+    assert code == 78
+    assert f"--port {port + 1}" in err and "BATCHSCOPE_HTTP__PORT" in err

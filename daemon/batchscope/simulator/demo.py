@@ -14,39 +14,56 @@ import signal
 import sys
 
 from batchscope.runtime.daemon import Daemon
-from batchscope.settings import load_settings
+from batchscope.settings import Settings, load_settings
 from batchscope.simulator.datadog import FakeDatadog
 from batchscope.simulator.engine import FakeEngine
 from batchscope.simulator.scenario import DemoScenario
-from batchscope.simulator.server import start_simulator
+from batchscope.simulator.server import RunningSimulator, start_simulator
 from batchscope.sinks.logs import configure_logging
 
 DEMO_API_KEY = "demo-api-key"
 DEMO_APP_KEY = "demo-app-key"
 
 
-async def run_demo(
-    *, host: str = "127.0.0.1", port: int = 9847, log_format: str | None = None,
-    duration: float | None = None,
-) -> int:
+def demo_settings(user: Settings, sim_engine_url: str, sim_datadog_url: str) -> Settings:
+    """The demo's own targets and timings, with the user's ``http.*``, ``log_format`` and
+    ``log_level`` (from the same sources as ``run``; flags already applied). Unless the
+    user chose a host, the demo listens on loopback only."""
+    http = user.http
+    token = (http.api_token.get_secret_value() if http.api_token is not None
+             else secrets.token_urlsafe(16))
+    return load_settings(None, environ={}, overrides={
+        "state_path": ":memory:",
+        "log_format": user.log_format,
+        "log_level": user.log_level,
+        "poll_interval": 1,
+        "retention": 600,
+        "http.host": http.host if "host" in http.model_fields_set else "127.0.0.1",
+        "http.port": http.port,
+        "http.api_token": token,
+        "http.max_body_bytes": http.max_body_bytes,
+        # The demo timeline assumes 1-2 s polls and 15 s of silence before "stalled".
+        "engines": [{"name": "demo-engine", "url": sim_engine_url, "stall_after": 15}],
+        "datadog": [{"name": "demo-datadog", "url": sim_datadog_url, "api_key": DEMO_API_KEY,
+                     "app_key": DEMO_APP_KEY, "stall_after": 15, "not_found_grace": 10}],
+    })
+
+
+async def run_demo(user: Settings, *, duration: float | None = None) -> int:
     sim = await start_simulator(
         engine=FakeEngine(),
         datadog=FakeDatadog(api_key=DEMO_API_KEY, app_key=DEMO_APP_KEY, not_found_for=2.0),
     )
-    token = secrets.token_urlsafe(16)
-    settings = load_settings(None, environ={}, overrides={
-        "state_path": ":memory:",
-        "log_format": log_format or "console",
-        "poll_interval": 1,
-        "retention": 600,
-        "http.host": host,
-        "http.port": port,
-        "http.api_token": token,
-        # The demo timeline assumes 1-2 s polls and 15 s of silence before "stalled".
-        "engines": [{"name": "demo-engine", "url": sim.engine_url, "stall_after": 15}],
-        "datadog": [{"name": "demo-datadog", "url": sim.datadog_url, "api_key": DEMO_API_KEY,
-                     "app_key": DEMO_APP_KEY, "stall_after": 15, "not_found_grace": 10}],
-    })
+    try:
+        settings = demo_settings(user, sim.engine_url, sim.datadog_url)
+        return await _run(settings, sim, duration)
+    finally:
+        await sim.close()
+
+
+async def _run(settings: Settings, sim: RunningSimulator, duration: float | None) -> int:
+    assert settings.http.api_token is not None
+    token = settings.http.api_token.get_secret_value()
     configure_logging(log_format=settings.log_format, level=settings.log_level,
                       secrets=[token])
     daemon = Daemon(settings)
@@ -55,7 +72,7 @@ async def run_demo(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await daemon.start()
-    base = f"http://{host}:{daemon.http_port}"
+    base = f"http://{settings.http.host}:{daemon.http_port}"
     sys.stderr.write(
         f"\nbatchscope demo: simulated engine at {sim.engine_url}, "
         f"simulated Datadog at {sim.datadog_url}\n"
@@ -82,5 +99,4 @@ async def run_demo(
         stop.set()
         await driver
         await daemon.stop()
-        await sim.close()
     return 0
