@@ -96,10 +96,12 @@ async def test_engine_before_7_18_without_start_time(logs: LogLines) -> None:
 
 
 async def test_every_request_sends_max_results(logs: LogLines) -> None:
-    """An engine with queryMaxResultsLimit refuses unbounded lists; batchscope always pages."""
-    engine = FakeEngine(query_max_results_limit=50)
+    """An engine with queryMaxResultsLimit refuses unbounded lists from an authenticated
+    user (the only ones it checks); batchscope always pages."""
+    engine = FakeEngine(query_max_results_limit=50, username="monitor", password="pw")
     ids = engine.create_many(120)
-    async with running_stack(engine=engine) as stack:
+    async with running_stack(engine=engine,
+                             engine_target={"username": "monitor", "password": "pw"}) as stack:
         await wait_until(lambda: len(logs.events("batch.transition")) == 120)
         assert {line["batch_id"] for line in logs.events("batch.transition")} == set(ids)
         lists = [r.path_qs for r in engine.requests

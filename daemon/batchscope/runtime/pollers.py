@@ -123,7 +123,8 @@ class EnginePoller(TargetPoller):
         sweep_from = self.core.sweep_from(self.name)
         assert sweep_from is not None  # the listing above started the cursor
         history = await self.client.finished_since(sweep_from)
-        self.publish(Outcome(notices=self._new_skips([*listing.skipped, *history.skipped])))
+        self.publish(Outcome(notices=[*listing.warnings, *history.warnings,
+                                      *self._new_skips([*listing.skipped, *history.skipped])]))
         found = {r.batch_id: r for r in history.rows}
         results = await asyncio.gather(
             *(self._look_up_end(batch_id, found) for batch_id in outcome.missing),

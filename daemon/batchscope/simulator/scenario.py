@@ -37,7 +37,8 @@ for the fake's ``not_found_for`` first):
 role        script
 ==========  ==============================================================================
 retried     t0 create (browser + api + a skipped test), t4 api passed, t6 browser retries
-            (new result_id, retries 0), t12 browser passed, t13 batch passed
+            (the attempt in flight keeps its result_id, retries 0), t12 browser passed
+            (a new result_id, retries 1), t13 batch passed
 slow        t1 create, t5 api passed, browser in progress until t55 (stalled from ~t16),
             t55 browser timed out, batch failed
 failing     t2 create, t7 api passed, t8 browser failed, t10 batch failed

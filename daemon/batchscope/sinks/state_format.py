@@ -49,7 +49,8 @@ def record_to_row(rec: TrackedBatch) -> dict[str, Any]:
             out["result_counts"] = [c.total, c.passed, c.failed, c.in_progress]
         if rec.metadata is not None:
             m = rec.metadata
-            out["metadata"] = [m.pipeline_url, m.git_branch, m.git_commit]
+            out["metadata"] = [m.pipeline_url, m.git_branch, m.git_commit, m.job_name,
+                               m.provider_name]
     return out
 
 
