@@ -221,6 +221,41 @@ class ResultCounts:
     in_progress: int = 0
 
 
+class Reason(StrEnum):
+    """Why a batch is in its state (the ``reason`` field); SPEC.md's Diagnosis section."""
+
+    FAILED_JOBS = "failed_jobs"
+    SEED_JOB_FAILED = "seed_job_failed"
+    MONITOR_JOB_FAILED = "monitor_job_failed"
+    NOT_STARTED = "not_started"
+    SEEDING_STOPPED = "seeding_stopped"
+    AWAITING_MONITOR = "awaiting_monitor"
+    JOBS_NOT_EXECUTING = "jobs_not_executing"
+    BLOCKING_RESULTS_FAILED = "blocking_results_failed"
+    TIMED_OUT = "timed_out"
+    RESULTS_NOT_FINISHING = "results_not_finishing"
+    DELETED = "deleted"
+    SUSPENDED_WHEN_ENDED = "suspended_when_ended"
+    NO_HISTORY = "no_history"
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """Why a batch failed, stalled or ended the way it did: ``failure`` is the evidence
+    (JSON-ready, upstream text already cut to size), ``link`` the upstream UI's page."""
+
+    reason: Reason | None = None
+    failure: dict[str, Any] | None = None
+    link: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {"reason": None if self.reason is None else self.reason.value,
+                "failure": self.failure, "link": self.link}
+
+
+NO_DIAGNOSIS = Diagnosis()
+
+
 @dataclass(frozen=True, slots=True)
 class BatchTransition:
     seq: int
@@ -235,6 +270,7 @@ class BatchTransition:
     duration_seconds: float | None = None
     results: ResultCounts | None = None
     metadata: CiMetadata | None = None
+    diagnosis: Diagnosis = NO_DIAGNOSIS
 
     event_name = "batch.transition"
 
@@ -262,6 +298,7 @@ class BatchTransition:
                 if value is not None:
                     out[name] = value
         out["duration_seconds"] = self.duration_seconds
+        out.update(self.diagnosis.fields())
         return out
 
     @property

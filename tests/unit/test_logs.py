@@ -28,7 +28,8 @@ def test_transition_line_shape_and_level() -> None:
     assert line["level"] == "warning" and line["event"] == "batch.transition"
     assert list(line)[3:] == ["seq", "source", "target", "batch_id", "batch_type",
                               "from_state", "to_state", "total_jobs", "completed_jobs",
-                              "remaining_jobs", "failed_jobs", "duration_seconds"]
+                              "remaining_jobs", "failed_jobs", "duration_seconds",
+                              "reason", "failure", "link"]
 
 
 def test_secrets_are_redacted_even_when_escaped() -> None:

@@ -104,8 +104,15 @@ class EngineTarget(BaseModel):
     stall_after: Duration = 900.0
     verify_tls: bool = True
     ca_file: CaBundle | None = None
+    cockpit_url: HttpUrlStr | None = None
+    """Cockpit's base, e.g. https://camunda.example.com/camunda/app/cockpit/default: batch
+    links in events, the API and the status page."""
     request_timeout: Duration = 10.0
     max_response_bytes: int = Field(default=MAX_RESPONSE_BYTES_DEFAULT, ge=1)
+    diagnosis_sample: int = Field(default=50, ge=1, le=1000)
+    """Failed jobs (or results) read to explain a failure."""
+    diagnosis_lookups: int = Field(default=20, ge=0, le=1000)
+    """Diagnosis lookups per poll cycle at most; the rest wait for later cycles."""
 
     @field_validator("tenant_ids")
     @classmethod
@@ -156,9 +163,15 @@ class DatadogTarget(BaseModel):
     not_found_grace: Duration = 60.0
     request_timeout: Duration = 10.0
     max_response_bytes: int = Field(default=MAX_RESPONSE_BYTES_DEFAULT, ge=1)
+    diagnosis_sample: int = Field(default=50, ge=1, le=1000)
+    """Failed jobs (or results) read to explain a failure."""
+    diagnosis_lookups: int = Field(default=20, ge=0, le=1000)
+    """Diagnosis lookups per poll cycle at most; the rest wait for later cycles."""
     max_concurrency: int = Field(default=8, ge=1, le=64)
     verify_tls: bool = True
     ca_file: CaBundle | None = None
+    app_url: HttpUrlStr | None = None
+    """The Datadog web app for links (default https://app.<site>)."""
 
     @field_validator("batch_ids")
     @classmethod
@@ -192,6 +205,12 @@ class DatadogTarget(BaseModel):
                 )
         _raise_field_errors("DatadogTarget", problems)
         return self
+
+    @property
+    def app_base_url(self) -> str:
+        """Where links point: ``app_url`` when set, else ``https://app.<site>``."""
+        return (self.app_url if self.app_url is not None
+                else f"https://app.{self.site or DATADOG_SITES[0]}")
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchscope.model import CiMetadata, JobCounts, ResultCounts, ResultState, Source, State
+from batchscope.model import (
+    NO_DIAGNOSIS,
+    CiMetadata,
+    CiResult,
+    Diagnosis,
+    JobCounts,
+    Reason,
+    ResultCounts,
+    ResultState,
+    Source,
+    State,
+)
 from batchscope.tracker import (
     ConfiguredIds,
     HistoryCursor,
@@ -33,6 +44,9 @@ def record_to_row(rec: TrackedBatch) -> dict[str, Any]:
         "start_time": rec.start_time,
         "progress_since": rec.progress_since,
     }
+    d = rec.diagnosis
+    if d != NO_DIAGNOSIS:
+        out["diagnosis"] = [None if d.reason is None else d.reason.value, d.failure, d.link]
     if rec.jobs is not None:
         j = rec.jobs
         out["jobs"] = [j.total, j.created, j.completed, j.remaining, j.failed]
@@ -41,7 +55,7 @@ def record_to_row(rec: TrackedBatch) -> dict[str, Any]:
         out["unknown_status_reported"] = rec.unknown_status_reported
         out["not_found_since"] = rec.not_found_since
         out["results"] = [
-            [lineage, s.state.value, s.result_id, s.retries]
+            [lineage, s.state.value, s.result_id, s.retries, _result_to_row(s.latest)]
             for lineage, s in rec.results.items()
         ]
         if rec.result_counts is not None:
@@ -69,6 +83,9 @@ def record_from_row(data: dict[str, Any]) -> TrackedBatch:
             data["first_seen"] if data.get("progress_since") is None else data["progress_since"]
         ),
     )
+    if data.get("diagnosis") is not None:
+        reason, failure, link = data["diagnosis"]
+        rec.diagnosis = Diagnosis(None if reason is None else Reason(reason), failure, link)
     if data.get("jobs") is not None:
         rec.jobs = JobCounts(*data["jobs"])
     rec.raw_status = data.get("raw_status")
@@ -88,13 +105,31 @@ def _result_slot(row: list[Any]) -> tuple[str, ResultSlot]:
     """A result row: ``[lineage, state, result_id, retries]``; files written before results
     had lineages hold ``[test, location, device, state, result_id, retries]``, where a
     device ending in ``#`` marked a repeat of the same test, location and device."""
+    latest = None
     if len(row) == 6:
         test_id, location, device, state, result_id, retries = row
         repeats = len(device) - len(device.rstrip("#"))
         lineage = result_id or f"{test_id}|{location}|{device.rstrip('#')}|{repeats}"
-    else:
+    elif len(row) == 4:
         lineage, state, result_id, retries = row
-    return str(lineage), ResultSlot(ResultState(state), result_id, retries)
+    else:
+        lineage, state, result_id, retries, latest = row
+    return str(lineage), ResultSlot(ResultState(state), result_id, retries,
+                                    _result_from_row(latest))
+
+
+#: CiResult fields kept in the state file (what the detail endpoint and diagnosis show).
+_RESULT_FIELDS = ("test_public_id", "status", "location", "device", "test_name", "test_type",
+                  "execution_rule", "result_id", "retries", "duration_ms",
+                  "initial_result_id", "timed_out", "max_retries")
+
+
+def _result_to_row(result: CiResult | None) -> list[Any] | None:
+    return None if result is None else [getattr(result, f) for f in _RESULT_FIELDS]
+
+
+def _result_from_row(row: list[Any] | None) -> CiResult | None:
+    return None if row is None else CiResult(**dict(zip(_RESULT_FIELDS, row, strict=True)))
 
 
 def memory_to_meta(memory: dict[TargetKey, TargetMemory]) -> dict[str, Any]:

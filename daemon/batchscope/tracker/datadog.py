@@ -149,7 +149,8 @@ class DatadogTracker(RecordBook):
             if n >= MAX_RESULTS_PER_BATCH:
                 continue
             if slot is None:
-                rec.results[lineage] = ResultSlot(state, result.result_id, result.retries)
+                rec.results[lineage] = ResultSlot(state, result.result_id, result.retries,
+                                                  result)
                 self._emit_result(rec, result, ResultState.NONE, state, now, out)
                 continue
             new_attempt = (
@@ -158,6 +159,7 @@ class DatadogTracker(RecordBook):
                 result.retries is not None
                 and (slot.retries is None or result.retries > slot.retries)
             )
+            slot.latest = result
             if state is not slot.state or new_attempt:
                 previous = slot.state
                 slot.state, slot.result_id, slot.retries = state, result.result_id, result.retries

@@ -12,8 +12,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from batchscope.model import (
+    NO_DIAGNOSIS,
     BatchTransition,
     CiMetadata,
+    CiResult,
+    Diagnosis,
     Event,
     JobCounts,
     Notice,
@@ -35,6 +38,7 @@ class ResultSlot:
     state: ResultState
     result_id: str | None
     retries: int | None
+    latest: CiResult | None = None  # the latest attempt as listed (detail endpoint, diagnosis)
 
 
 @dataclass(slots=True)
@@ -58,6 +62,8 @@ class TrackedBatch:
     result_counts: ResultCounts | None = None
     metadata: CiMetadata | None = None
     not_found_since: float | None = None
+    # why: kept while the state lasts, shown in the API and the status page
+    diagnosis: Diagnosis = NO_DIAGNOSIS
 
     @property
     def key(self) -> Key:
