@@ -222,3 +222,28 @@ def test_each_source_has_its_own_bound() -> None:
     listed = core.apply(E, RuntimeListed([eng("a"), eng("b"), eng("c")]), 2.0)
     assert sorted(b for b, _, _ in states(listed.events)) == ["a", "b"]
     assert [n.event for n in listed.notices] == ["tracker.full"]
+
+
+def test_a_cycle_that_never_completes_is_not_alive() -> None:
+    """A poll loop whose requests keep completing (an upstream paging forever) still beats,
+    but a cycle older than its bound is stuck: /healthz and the watchdog must say so."""
+    import time
+
+    from batchscope.runtime.pollers import Heartbeat
+
+    beat = Heartbeat(grace=60.0, cycle_bound=5.0)
+    beat.start_cycle()
+    now = time.monotonic()
+    beat.beat()
+    assert beat.alive(now + 1)
+    assert not beat.alive(now + 10)  # still beating, but the cycle is 10 s old
+    beat.end_cycle()
+    assert beat.alive(now + 10) and beat.attempts == 1
+
+
+def test_an_upstream_wait_is_capped() -> None:
+    """Retry-After of a billion seconds (or any value above the cap) never parks a loop."""
+    from batchscope.runtime.poll_loop import backoff_delay
+
+    assert backoff_delay(1.0, 1, 1e9, cap=300.0) <= 300.0
+    assert backoff_delay(1.0, 1, 40.0, cap=300.0) >= 40.0

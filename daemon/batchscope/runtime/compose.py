@@ -64,7 +64,8 @@ def new_session(t: TargetSettings) -> aiohttp.ClientSession:
 def heartbeat_for(t: TargetSettings, grace: float | None = None) -> Heartbeat:
     # Every completed request counts as progress, so a long cycle over many pages is not
     # mistaken for a wedged loop; a request may take up to request_timeout.
-    return Heartbeat(grace=grace if grace is not None else max(60.0, 2 * t.request_timeout + 5))
+    return Heartbeat(grace=grace if grace is not None else max(60.0, 2 * t.request_timeout + 5),
+                     cycle_bound=max(600.0, 60 * t.request_timeout))
 
 
 def make_poller(

@@ -27,7 +27,7 @@ def backoff_delay(interval: float, failures: int, retry_after: float | None,
     ceiling = max(interval, min(cap, interval * (2 ** min(failures, 16))))
     delay = random.uniform(interval, ceiling)
     if retry_after is not None:
-        delay = max(delay, retry_after)
+        delay = max(delay, min(retry_after, cap))  # never parked for an upstream's whim
     return delay
 
 
@@ -60,9 +60,10 @@ async def poll_forever(
     poller = rt.poller
     source, name = poller.source, poller.name
     failures = 0
+    waiting_logged = False
     while not stop.is_set():
         started = time.monotonic()
-        poller.heartbeat.beat()
+        poller.heartbeat.start_cycle()
         error: PollError | None = None
         try:
             await poller.poll_once()
@@ -72,7 +73,7 @@ async def poll_forever(
             log.exception("poll.crashed", source=source.value, target=name)
             error = classify_unexpected(exc)
         elapsed = time.monotonic() - started
-        poller.heartbeat.attempts += 1
+        poller.heartbeat.end_cycle()
         rate_limit = poller.rate_limit
         if rate_limit is not None:
             metrics.rate_limit(source, name, rate_limit.remaining)
@@ -84,6 +85,7 @@ async def poll_forever(
                     log_sink.target_up(source.value, name)
                 rt.up = True
             delay = poller.interval
+            waiting_logged = False
         else:
             failures += 1
             metrics.poll_failed(source, name, error.reason, elapsed)
@@ -91,6 +93,13 @@ async def poll_forever(
                 log_sink.target_down(source.value, name, error.reason, error.detail)
                 rt.up = False
             delay = backoff_delay(poller.interval, failures, error.retry_after)
+            if (error.retry_after is not None and error.retry_after > poller.interval
+                    and not waiting_logged):
+                # The upstream asked for a long pause (already capped by the source): say so
+                # once per outage, not on every retry.
+                waiting_logged = True
+                log.warning("target.waiting", source=source.value, target=name,
+                            seconds=round(error.retry_after, 1), reason=error.reason)
         poller.heartbeat.expect_within(delay)
         after_poll()
         with contextlib.suppress(TimeoutError):

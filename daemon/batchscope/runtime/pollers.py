@@ -34,11 +34,26 @@ Clock = Callable[[], float]
 
 @dataclass(slots=True)
 class Heartbeat:
-    """Progress of one poll loop, read by /healthz and the systemd watchdog."""
+    """Progress of one poll loop, read by /healthz and the systemd watchdog.
+
+    Each completed request is progress (a long cycle over many pages is not a wedged
+    loop), but a cycle that has not completed within ``cycle_bound`` is stuck whatever its
+    requests do: an upstream paging forever must not look healthy.
+    """
 
     grace: float = 60.0
+    cycle_bound: float = 600.0
     deadline: float = field(default_factory=lambda: time.monotonic() + 120.0)
     attempts: int = 0
+    cycle_started: float | None = None
+
+    def start_cycle(self) -> None:
+        self.cycle_started = time.monotonic()
+        self.beat()
+
+    def end_cycle(self) -> None:
+        self.cycle_started = None
+        self.attempts += 1
 
     def beat(self) -> None:
         self.deadline = max(self.deadline, time.monotonic() + self.grace)
@@ -47,7 +62,10 @@ class Heartbeat:
         self.deadline = time.monotonic() + seconds + self.grace
 
     def alive(self, now: float | None = None) -> bool:
-        return (now if now is not None else time.monotonic()) <= self.deadline
+        now = now if now is not None else time.monotonic()
+        if self.cycle_started is not None and now - self.cycle_started > self.cycle_bound:
+            return False
+        return now <= self.deadline
 
 
 class TargetPoller(ABC):

@@ -109,6 +109,10 @@ class EngineClient:
         pending, self._pending_warnings = self._pending_warnings, []
         return [*pending, *self._date_warnings(endpoint, problems)]
 
+    async def fetch(self, path: str, params: dict[str, str] | None = None) -> Response:
+        """GET one engine REST path (auth, TLS, size cap and error reasons applied)."""
+        return await self._get(path, params)
+
     async def _get(self, path: str, params: dict[str, str] | None = None) -> Response:
         response = await get_json(
             self._session,
