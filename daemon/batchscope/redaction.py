@@ -42,6 +42,7 @@ _AUTH_VALUE: Final = re.compile(
     r"(?P<scheme>\b(?:Basic|Bearer))(?P<sep>\s+)(?P<token>[A-Za-z0-9._~+/=-]{4,})",
     re.IGNORECASE,
 )
+_AUTH_HINT: Final = re.compile(r"basic|bearer", re.IGNORECASE)
 # What may follow a cut: an ellipsis, dots or blanks added by whoever cut the text.
 _CUT_MARK: Final = re.compile(r"(?:…|\.\.\.|\s)+\Z")
 
@@ -112,16 +113,26 @@ class SecretRegistry:
         ``truncated``: the text was cut (by anyone) at its end. ``tail=False`` skips the
         fragment-at-the-end rule, for a text whose end is markup (a rendered JSON line).
         """
+        if len(text) < MIN_PREFIX:
+            return text
         known = self._known  # one consistent snapshot; add() swaps it atomically
         for form in known.forms:
             if form in text:
                 text = text.replace(form, REDACTED)
-        lowered = text.lower()
-        if "basic" in lowered or "bearer" in lowered:
+        if _AUTH_HINT.search(text):
             text = _AUTH_VALUE.sub(_hide_token, text)
         if tail and known.forms:
             text = _redact_tail(text, known, truncated)
         return text
+
+
+    def redact_tail(self, text: str, *, truncated: bool = False) -> str:
+        """Only the fragment-at-the-end rule (the log pipeline runs the rest on the
+        rendered line, once)."""
+        known = self._known
+        if len(text) < MIN_PREFIX or not known.forms:
+            return text
+        return _redact_tail(text, known, truncated)
 
 
 def _redact_tail(text: str, known: _Known, truncated: bool) -> str:
@@ -175,6 +186,11 @@ def reset(secrets: Iterable[str] = ()) -> None:
 def redact(text: str, *, truncated: bool = False, tail: bool = True) -> str:
     """``text`` with every registered secret (and credential header value) hidden."""
     return _registry.redact(text, truncated=truncated, tail=tail)
+
+
+def redact_tail(text: str, *, truncated: bool = False) -> str:
+    """Only a registered secret's fragment at the end of ``text`` hidden."""
+    return _registry.redact_tail(text, truncated=truncated)
 
 
 def registry() -> SecretRegistry:

@@ -39,9 +39,9 @@ def _leading_keys(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict
 
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        # The fragment-at-the-end rule only for prose (an error text cut mid-secret): an
-        # identifier (a batch id ending like the start of a hex key) is left whole.
-        return redaction.redact(value, tail=" " in value or "\n" in value)
+        # Only prose (an error text cut mid-secret) can end with a piece of a secret that
+        # must go; an identifier (a batch id ending like the start of a hex key) stays.
+        return redaction.redact_tail(value) if " " in value or "\n" in value else value
     if isinstance(value, dict):
         return {k: _redact_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -50,12 +50,14 @@ def _redact_value(value: Any) -> Any:
 
 
 def _redact_values(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """Hide secrets in each string value, including one cut at the end of a value."""
+    """Hide a secret cut at the end of a string value (whole secrets: see _redact_line)."""
+    if not len(redaction.registry()):
+        return event_dict
     return {k: _redact_value(v) for k, v in event_dict.items()}
 
 
 def _redact_line(line: str) -> str:
-    """The last line of defence: whole secrets anywhere in the rendered line."""
+    """Whole secrets (every form) and echoed credentials anywhere in the rendered line."""
     return redaction.redact(line, tail=False)
 
 
