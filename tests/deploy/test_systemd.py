@@ -167,6 +167,7 @@ def test_security_findings_are_only_the_accepted_ones(systemd_analyze: str, runn
         ("UMask", "0077"),
         ("TimeoutStopSec", "15"),
         ("KillSignal", "SIGTERM"),
+        ("LimitNOFILE", "8192"),
     ],
 )
 def test_required_directive(key: str, value: str) -> None:
@@ -202,6 +203,18 @@ def test_credentials_use_the_daemons_secret_file_names() -> None:
         assert pattern.fullmatch(name), entry
     # Without an explicit path a missing credstore file is skipped, not fatal.
     assert {c.partition(":")[0] for c in credentials} >= {"http.api_token", "dd_api_key"}
+
+
+def test_file_descriptor_limit_fits_the_http_connection_limit() -> None:
+    """LimitNOFILE= lets the HTTP listener take its full default connection limit and
+    still leaves at least as many descriptors for everything else (issue 9: 150 idle
+    connections under `ulimit -n 128` made /healthz time out)."""
+    from batchscope.http.server import DEFAULT_MAX_CONNECTIONS, FD_RESERVE, connection_limit
+
+    nofile = int(_one("LimitNOFILE"))
+    limit = connection_limit(nofile=nofile)
+    assert limit == DEFAULT_MAX_CONNECTIONS
+    assert nofile - limit >= max(limit, FD_RESERVE)
 
 
 def test_install_section() -> None:
