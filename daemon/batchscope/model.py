@@ -137,6 +137,8 @@ class EngineBatchSnapshot:
     tenant_id: str | None = None
     execution_start_time: float | None = None  # None until a job ran, before 7.18, unreadable
     batch_job_definition_id: str | None = None  # the execution jobs' job definition
+    seed_job_definition_id: str | None = None  # the seed job's (diagnosis of a stall)
+    monitor_job_definition_id: str | None = None  # the monitor job's
 
 
 @dataclass(frozen=True, slots=True)

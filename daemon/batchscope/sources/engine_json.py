@@ -213,6 +213,8 @@ def parse_statistics_row(
         tenant_id=_opt_str(row, "tenantId"),
         execution_start_time=_optional_date(row, "executionStartTime", problems),
         batch_job_definition_id=_opt_str(row, "batchJobDefinitionId"),
+        seed_job_definition_id=_opt_str(row, "seedJobDefinitionId"),
+        monitor_job_definition_id=_opt_str(row, "monitorJobDefinitionId"),
     )
 
 
