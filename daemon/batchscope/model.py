@@ -377,3 +377,17 @@ class ErrorReason(StrEnum):
 
 _TARGET_WIDE = frozenset({ErrorReason.AUTH, ErrorReason.CONNECTION, ErrorReason.TIMEOUT,
                           ErrorReason.RATE_LIMITED})
+
+
+@dataclass(frozen=True, slots=True)
+class FailedJob:
+    """A job with no retries left and an exception (``GET /job?...&noRetriesLeft=true``).
+
+    ``message`` is upstream text: never interpreted, cut to size by the source.
+    """
+
+    job_id: str
+    message: str | None
+    process_instance_id: str | None = None
+    activity_id: str | None = None
+    job_definition_id: str | None = None
