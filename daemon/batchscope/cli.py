@@ -119,7 +119,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from batchscope.runtime.daemon import Daemon
     from batchscope.sinks.logs import register_secrets
-    from batchscope.sinks.store import StateError
+    from batchscope.sinks.store import StateError, StateLocked
 
     settings = _load(args)
     _setup_logging(settings)
@@ -139,9 +139,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> None:
         try:
             daemon = Daemon(settings, reset_state=args.reset_state, reload=reload)
+        except StateLocked as exc:
+            raise _ConfigExit(f"state file in use: {exc}") from exc
         except StateError as exc:
-            raise _ConfigExit(f"unusable state file: {exc} "
-                              "(use --reset-state to start afresh)") from exc
+            hint = "" if args.reset_state else " (use --reset-state to start afresh)"
+            raise _ConfigExit(f"unusable state file: {exc}{hint}") from exc
         await daemon.run_until_signalled()
 
     from batchscope.runtime.daemon import ListenError

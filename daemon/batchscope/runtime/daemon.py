@@ -13,6 +13,7 @@ from aiohttp import web
 
 from batchscope.http.app import build_app
 from batchscope.http.ports import ApiPorts
+from batchscope.http.server import start_http_server
 from batchscope.model import Source
 from batchscope.runtime import compose
 from batchscope.runtime.compose import TargetSettings
@@ -162,14 +163,11 @@ class Daemon:
         ports = ApiPorts(batches=self.core, events=self.events, health=self.health,
                          watch_list=self.watch_list)
         app = build_app(ports, self.metrics.registry, http)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
         try:
-            await web.TCPSite(self._runner, http.host, http.port).start()
+            self._runner, self.http_port = await start_http_server(
+                app, http.host, http.port, shutdown_timeout=self.settings.shutdown_timeout)
         except OSError as exc:
-            await self._runner.cleanup()
             raise ListenError(exc) from exc
-        self.http_port = int(self._runner.addresses[0][1])
         self._configure_core()
         for t in compose.configured_targets(self.settings):
             self._start_target(t)
