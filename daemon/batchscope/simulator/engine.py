@@ -1,5 +1,6 @@
-"""A fake Camunda 7 / Operaton / CIB seven process engine: batches, their history, the
-user-operation log, the historic job log, and the REST endpoints that expose them.
+"""A fake Camunda 7 / Operaton / CIB seven process engine: batches, their jobs (seed, monitor
+and execution jobs, their failures and stack traces), their history, the user-operation log,
+the historic job log, and the REST endpoints that expose them.
 
 The model is just enough of the engine's batch lifecycle (seed, execute, fail, suspend, monitor
 job completion, delete, history cleanup) to drive every state batchscope distinguishes, and the
@@ -17,8 +18,14 @@ Where the engine's behaviour depends on its configuration, so does the fake's:
 - the authentication filter is on when ``username`` or ``bearer_token`` is set: requests are
   then authenticated, ``queryMaxResultsLimit`` applies (only to authenticated requests), and an
   unknown engine name is the filter's 404; without it, an unknown engine name is a 400;
-- ``legacy`` is an engine before 7.18 (no start times, no error ``code``, no job log
-  ``batchId``).
+- ``legacy`` is an engine before 7.18 (no start times, no error ``code``, no ``batchId`` on
+  jobs and job log entries).
+
+The jobs of a running batch are served as the engine's ``JobDto`` (``GET /job``, ``/job/count``,
+``/job/{id}``, ``/job/{id}/stacktrace``): the seed job while seeding lasts, the monitor job once
+every execution job exists, and the execution jobs not yet done. As in the engine,
+``failedJobs`` counts only execution jobs with no retries left: a failed seed or monitor job
+shows in ``GET /job`` alone.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import base64
 import binascii
 import bisect
 import email.utils
+import math
 import re
 import secrets
 import time
@@ -86,6 +94,19 @@ class EngineBatch:
     fresh_from: int = 0
     retry_pending: list[int] = field(default_factory=list)
     failed_ids: list[int] = field(default_factory=list)
+    # The last exception of the execution jobs that failed (kept while they are retried, as
+    # the engine keeps a job's exception until it runs again), explicit processInstanceIds
+    # (by job index), and when the seed job runs created which jobs: (first index, time).
+    job_failures: dict[int, JobFailure] = field(default_factory=dict)
+    instance_ids: dict[int, str] = field(default_factory=dict)
+    created_runs: list[tuple[int, float]] = field(default_factory=list)
+    # The seed job (while jobs_created < total_jobs; a new job per run) and the monitor job
+    # (once every execution job exists): retries left and last exception.
+    seed_run: int = 0
+    seed_retries: int = DEFAULT_RETRIES
+    seed_failure: JobFailure | None = None
+    monitor_retries: int = DEFAULT_RETRIES
+    monitor_failure: JobFailure | None = None
 
     @property
     def remaining_jobs(self) -> int:
@@ -96,6 +117,15 @@ class EngineBatch:
     def pending_jobs(self) -> int:
         """Created execution jobs that are neither done nor failed."""
         return self.jobs_created - self.completed_jobs - self.failed_jobs
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailure:
+    """The exception a job's last run raised, as the engine keeps it on the job row."""
+
+    message: str
+    exception_class: str
+    activity_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +158,9 @@ class JobLogRun:
     timestamp: float
     retries: int
     message: str | None = None
+    #: per job of ``jobs`` (failure runs whose messages differ by job), else ``message``
+    messages: tuple[str, ...] | None = None
+    activity_id: str | None = None  # failedActivityId of a failure run
 
 
 class EngineError(Exception):
@@ -403,10 +436,148 @@ _JOB_LOG_SORTS: Final = (
     "processDefinitionKey", "deploymentId", "hostname", "occurrence", "tenantId",
 )
 
-#: The exception message of a failed execution job unless a test gives one.
-DEFAULT_FAILURE_MESSAGE: Final = (
-    "ENGINE-13033 Cannot migrate process instance: activity 'task' has no mapping"
+#: JobDto's keys in the engine's order (its fields' declaration order, which Jackson keeps);
+#: ``failedActivityId`` arrived in 7.13, ``createTime`` in 7.10, ``batchId`` in 7.22.
+_JOB_KEYS: Final = (
+    "id", "jobDefinitionId", "processInstanceId", "processDefinitionId",
+    "processDefinitionKey", "executionId", "exceptionMessage", "failedActivityId", "retries",
+    "dueDate", "suspended", "priority", "tenantId", "createTime", "batchId",
 )
+#: JobQueryDto's sortBy values (there is no jobDefinitionId among them).
+_JOB_SORTS: Final = (
+    "jobId", "executionId", "processInstanceId", "processDefinitionId", "processDefinitionKey",
+    "jobRetries", "jobDueDate", "jobPriority", "tenantId",
+)
+#: Batch types whose execution jobs carry the process instance id: the engine sets it (7.16+,
+#: ``postProcessJob`` of their job handlers) when a job handles one instance. The others
+#: leave ``processInstanceId`` null; the instance shows only in the exception message.
+_TYPES_WITH_INSTANCE_ON_JOB: Final = frozenset({"set-variables", "correlate-message"})
+
+_MIGRATION_VALIDATION: Final = (
+    "org.camunda.bpm.engine.migration.MigratingProcessInstanceValidationException"
+)
+_ENGINE_EXCEPTION: Final = "org.camunda.bpm.engine.ProcessEngineException"
+
+
+def migration_failure_message(process_instance_id: str, activity_id: str = "Task_A") -> str:
+    """What the engine says when a migration job meets an instance whose activity the plan
+    does not map (``MigrationLogger`` ENGINE-23004 with the validation report's text)."""
+    activity_instance = f"{activity_id}:{uuid.uuid5(_IDS, f'ai:{process_instance_id}')}"
+    return (f"ENGINE-23004 Cannot migrate process instance '{process_instance_id}':\n"
+            f"\tCannot migrate activity instance '{activity_instance}':\n"
+            "\t\tThere is no migration instruction for this instance's activity\n")
+
+
+#: The exception message of a failed execution job of a batch that is not a migration,
+#: unless a test gives one: a listener's expression naming a bean that is not deployed.
+DEFAULT_FAILURE_MESSAGE: Final = (
+    "Unknown property used in expression: ${auditListener.notify(execution)}. "
+    "Cause: Cannot resolve identifier 'auditListener'"
+)
+#: ... and the activity it failed in (the job's ``failedActivityId``).
+DEFAULT_FAILURE_ACTIVITY: Final = "Task_A"
+
+
+def seed_failure_message(job_id: str) -> str:
+    """A seed job that cannot insert the execution jobs it creates: the database is full."""
+    return (f"ENGINE-03004 Exception while executing Database Operation 'INSERT "
+            f"MessageEntity[{job_id}]' with message '### Error flushing statements.  Cause: "
+            "org.apache.ibatis.executor.BatchExecutorException: ORA-01653: unable to extend "
+            "table CAMUNDA.ACT_RU_JOB by 128 in tablespace CAMUNDA_DATA'. Flush summary: \n "
+            f"[INSERT MessageEntity[{job_id}]]")
+
+
+def monitor_failure_message(batch_id: str) -> str:
+    """A monitor job that cannot end its batch: the history update times out (DB2, as in
+    camunda/camunda-bpm-platform#4067)."""
+    return ("ENGINE-03083 Unexpected exception while executing database operations with "
+            "message '### Error updating database.  Cause: com.ibm.db2.jcc.am.SqlTransaction"
+            "RollbackException: DB2 SQL Error: SQLCODE=-911, SQLSTATE=40001, SQLERRMC=68'. "
+            f"Flush summary: \n [DELETE BatchEntity[{batch_id}]]")
+
+
+#: The frames under a job's exception in its stack trace (the job executor's).
+_JOB_FRAMES: Final = (
+    "org.camunda.bpm.engine.impl.jobexecutor.JobEntity.execute(JobEntity.java:142)",
+    "org.camunda.bpm.engine.impl.cmd.ExecuteJobsCmd.execute(ExecuteJobsCmd.java:110)",
+    "org.camunda.bpm.engine.impl.cmd.ExecuteJobsCmd.execute(ExecuteJobsCmd.java:43)",
+    "org.camunda.bpm.engine.impl.interceptor.CommandExecutorImpl.execute"
+    "(CommandExecutorImpl.java:28)",
+    "org.camunda.bpm.engine.impl.jobexecutor.ExecuteJobHelper.executeJob"
+    "(ExecuteJobHelper.java:57)",
+    "org.camunda.bpm.engine.impl.jobexecutor.ExecuteJobsRunnable.executeJob"
+    "(ExecuteJobsRunnable.java:110)",
+    "org.camunda.bpm.engine.impl.jobexecutor.ExecuteJobsRunnable.run"
+    "(ExecuteJobsRunnable.java:71)",
+    "java.base/java.lang.Thread.run(Thread.java:840)",
+)
+
+
+def stacktrace(failure: JobFailure) -> str:
+    """The text ``GET /job/{id}/stacktrace`` serves: the exception, then the frames."""
+    frames = "".join(f"\tat {frame}\n" for frame in _JOB_FRAMES)
+    return f"{failure.exception_class}: {failure.message}\n{frames}"
+
+
+def _exception_class(message: str) -> str:
+    return _MIGRATION_VALIDATION if message.startswith("ENGINE-23004") else _ENGINE_EXCEPTION
+
+
+@dataclass(slots=True)
+class _Job:
+    """A row of the engine's job table: a seed, monitor or execution job of a running batch.
+
+    ``index`` is the execution job's index, the seed job's run, 0 for the monitor job.
+    """
+
+    batch: EngineBatch
+    kind: str
+    index: int
+    retries: int
+    failure: JobFailure | None
+    _id: str | None = None
+
+    @property
+    def id(self) -> str:
+        if self._id is None:
+            self._id = _job_id(self.batch, self.kind, self.index)
+        return self._id
+
+    @property
+    def definition_id(self) -> str:
+        if self.kind == "seed":
+            return self.batch.seed_job_definition_id
+        if self.kind == "monitor":
+            return self.batch.monitor_job_definition_id
+        return self.batch.batch_job_definition_id
+
+    @property
+    def process_instance_id(self) -> str | None:
+        return _job_instance(self.batch, self.index) if self.kind == "execution" else None
+
+
+def _job_id(batch: EngineBatch, kind: str, index: int) -> str:
+    if kind == "seed":
+        return str(uuid.uuid5(_IDS, f"seed:{batch.seed_job_definition_id}:{index}"))
+    if kind == "monitor":
+        return str(uuid.uuid5(_IDS, f"monitor:{batch.monitor_job_definition_id}"))
+    return str(uuid.uuid5(_IDS, f"job:{batch.batch_job_definition_id}:{index}"))
+
+
+def _instance_of(batch: EngineBatch, index: int) -> str:
+    """The process instance execution job ``index`` works on (one per job)."""
+    explicit = batch.instance_ids.get(index)
+    return explicit if explicit is not None else str(uuid.uuid5(_IDS, f"pi:{batch.id}:{index}"))
+
+
+def _job_instance(batch: EngineBatch, index: int) -> str | None:
+    """The ``processInstanceId`` the engine puts on execution job ``index``."""
+    if index in batch.instance_ids or batch.type in _TYPES_WITH_INSTANCE_ON_JOB:
+        return _instance_of(batch, index)
+    return None
+
+
+JobPredicate = Callable[[_Job], bool]
 
 
 class FakeEngine(FaultInjector):
@@ -457,6 +628,9 @@ class FakeEngine(FaultInjector):
         self._job_logs: dict[str, list[JobLogRun]] = {}  # by batch id
         self._job_definitions: dict[str, str] = {}  # execution job definition id -> batch id
         self._job_log_seq = 0
+        # job definition id -> (batch id, seed|monitor|execution), running batches only
+        self._runtime_definitions: dict[str, tuple[str, str]] = {}
+        self._job_index: dict[str, tuple[str, str, int]] = {}  # job id -> its job, once seen
 
     @property
     def auth_filter(self) -> bool:
@@ -474,13 +648,18 @@ class FakeEngine(FaultInjector):
         tenant_id: str | None = None,
         user: str | None = "demo",
         jobs_per_seed: int = 100,
+        seeded: bool = True,
     ) -> str:
-        """Start a batch; the first seed-job run has already created its execution jobs."""
+        """Start a batch; the first seed-job run has already created its execution jobs,
+        unless ``seeded`` is False (the seed job has not run yet: no execution job exists)."""
         batch_id = batch_id or str(uuid.uuid4())
         if batch_id in self._runtime or batch_id in self._history:
             raise ValueError(f"batch {batch_id!r} already exists")
         batch = self._new_batch(batch_id, type, total_jobs, tenant_id, user, jobs_per_seed)
+        if not seeded:
+            batch.jobs_created, batch.created_runs = 0, []
         self._runtime.add(batch)
+        self._enter_runtime(batch)
         if self.history:
             self._history.add(batch)
             self._job_log_created(batch, 0)
@@ -502,6 +681,8 @@ class FakeEngine(FaultInjector):
             for _ in range(n)
         ]
         self._runtime.add_many(batches)
+        for batch in batches:
+            self._enter_runtime(batch)
         if self.history:
             self._history.add_many(batches)
             for batch in batches:
@@ -509,35 +690,114 @@ class FakeEngine(FaultInjector):
         return [batch.id for batch in batches]
 
     def seed(self, batch_id: str, n: int | None = None) -> None:
-        """Let the seed job create ``n`` more execution jobs (all remaining ones when None)."""
+        """Let the seed job create ``n`` more execution jobs (all remaining ones when None).
+
+        ``ValueError`` when the seed job has no retries left: it does not run until retried.
+        """
         batch = self._running(batch_id)
+        self._check_seed_job_runs(batch)
         wanted = batch.total_jobs if n is None else batch.jobs_created + n
         self._create_jobs(batch, min(batch.total_jobs, wanted))
 
     def complete_jobs(self, batch_id: str, n: int) -> None:
-        """``n`` execution jobs succeed, seeding more first if fewer are pending."""
+        """``n`` execution jobs succeed, seeding more first if fewer are pending (unless the
+        seed job has no retries left: then only the pending ones can run)."""
         batch = self._running(batch_id)
         jobs = self._execute(batch, n)
         batch.completed_jobs += len(jobs)
+        if batch.job_failures and not isinstance(jobs, range):
+            for index in jobs:
+                batch.job_failures.pop(index, None)  # a job that succeeds is gone
         self._job_log(batch, "success", jobs, DEFAULT_RETRIES)
 
-    def fail_jobs(self, batch_id: str, n: int, message: str = DEFAULT_FAILURE_MESSAGE) -> None:
+    def fail_jobs(
+        self,
+        batch_id: str,
+        n: int,
+        message: str | None = None,
+        *,
+        activity_id: str | None = None,
+        process_instance_ids: Sequence[str] | None = None,
+    ) -> None:
         """``n`` execution jobs run out of retries; they stay in remainingJobs.
+
+        Each keeps its exception as the engine does: ``message`` (its ``exceptionMessage``),
+        ``activity_id`` (its ``failedActivityId``) and a stack trace. Without a ``message``
+        they fail like the engine's own jobs: a migration job with ENGINE-23004 naming its
+        process instance and the unmapped activity (:func:`migration_failure_message`; the
+        failure happens outside any activity, so ``failedActivityId`` stays null), any
+        other with :data:`DEFAULT_FAILURE_MESSAGE` in :data:`DEFAULT_FAILURE_ACTIVITY`.
+        ``process_instance_ids`` (one per job, in order) become the jobs' process instances
+        and their ``processInstanceId``, which the engine itself sets only on jobs of
+        ``set-variables`` and ``correlate-message`` batches.
 
         The job log gets one failure entry per job (for its last attempt, not one per retry).
         """
         batch = self._running(batch_id)
+        if process_instance_ids is not None and len(process_instance_ids) < n:
+            raise ValueError(f"{n} jobs fail but {len(process_instance_ids)} "
+                             "process_instance_ids were given")
         jobs = self._execute(batch, n)
+        if process_instance_ids is not None:
+            batch.instance_ids.update(zip(jobs, process_instance_ids, strict=False))
+        per_instance = message is None and batch.type == "instance-migration"
+        if message is None and not per_instance:
+            message = DEFAULT_FAILURE_MESSAGE
+            activity_id = activity_id or DEFAULT_FAILURE_ACTIVITY
+        texts = tuple(migration_failure_message(_instance_of(batch, index)) if per_instance
+                      else str(message) for index in jobs)
+        for index, text in zip(jobs, texts, strict=True):
+            batch.job_failures[index] = JobFailure(text, _exception_class(text), activity_id)
         batch.failed_jobs += len(jobs)
         batch.failed_ids.extend(jobs)
-        self._job_log(batch, "failure", jobs, 1, message)
+        self._job_log(batch, "failure", jobs, 1, message,
+                      messages=texts if per_instance else None, activity_id=activity_id)
 
     def retry_failed(self, batch_id: str) -> None:
-        """Failed jobs get retries again (Cockpit's "retry all") and become pending."""
+        """Failed jobs get retries again (Cockpit's "retry all": retries 1) and become
+        pending; they keep their exception until they run again."""
         batch = self._running(batch_id)
         batch.retry_pending.extend(batch.failed_ids)
         batch.failed_ids.clear()
         batch.failed_jobs = 0
+
+    def fail_seed_job(self, batch_id: str, message: str | None = None) -> None:
+        """The seed job runs out of retries (it has an exception and retries 0): seeding
+        stops until :meth:`retry_seed_job`. ``failedJobs`` does not count it, as in the
+        engine. ``ValueError`` once seeding is done (no seed job is left)."""
+        batch = self._running(batch_id)
+        if batch.jobs_created >= batch.total_jobs:
+            raise ValueError(f"batch {batch_id!r} has created all its jobs: no seed job left")
+        text = message if message is not None else seed_failure_message(
+            _job_id(batch, "execution", batch.jobs_created))
+        batch.seed_retries = 0
+        batch.seed_failure = JobFailure(text, _exception_class(text))
+
+    def retry_seed_job(self, batch_id: str) -> None:
+        """The seed job gets a retry (Cockpit's "retry": 1); its next run clears the
+        exception and seeding goes on."""
+        batch = self._running(batch_id)
+        if batch.seed_failure is None:
+            raise ValueError(f"the seed job of batch {batch_id!r} has not failed")
+        batch.seed_retries = 1
+
+    def fail_monitor_job(self, batch_id: str, message: str | None = None) -> None:
+        """The monitor job runs out of retries: the batch cannot complete (:meth:`finish`
+        refuses) until :meth:`retry_monitor_job`. ``failedJobs`` does not count it.
+        ``ValueError`` while seeding lasts (the monitor job does not exist yet)."""
+        batch = self._running(batch_id)
+        if batch.jobs_created < batch.total_jobs:
+            raise ValueError(f"batch {batch_id!r} is still seeding: no monitor job yet")
+        text = message if message is not None else monitor_failure_message(batch.id)
+        batch.monitor_retries = 0
+        batch.monitor_failure = JobFailure(text, _exception_class(text))
+
+    def retry_monitor_job(self, batch_id: str) -> None:
+        """The monitor job gets a retry (1); :meth:`finish` can end the batch again."""
+        batch = self._running(batch_id)
+        if batch.monitor_failure is None:
+            raise ValueError(f"the monitor job of batch {batch_id!r} has not failed")
+        batch.monitor_retries = 1
 
     def delete_failed_jobs(self, batch_id: str) -> None:
         """Failed jobs are deleted one by one (Cockpit's "delete job"), not the batch.
@@ -548,6 +808,8 @@ class FakeEngine(FaultInjector):
         batch = self._running(batch_id)
         jobs = tuple(batch.failed_ids)
         batch.failed_ids.clear()
+        for index in jobs:
+            batch.job_failures.pop(index, None)
         batch.completed_jobs += len(jobs)
         batch.failed_jobs = 0
         self._job_log(batch, "deletion", jobs, 0)
@@ -564,8 +826,16 @@ class FakeEngine(FaultInjector):
         """What the monitor job does once no job remains: the runtime row goes, history ends.
 
         Unfinished jobs are forced to completion so a scenario need not balance the counts.
+        ``ValueError`` when the seed or the monitor job has no retries left: the batch cannot
+        complete until they are retried.
         """
-        batch = self._runtime.remove(batch_id)
+        batch = self._running(batch_id)
+        self._check_seed_job_runs(batch)
+        if batch.monitor_retries == 0:
+            raise ValueError(f"the monitor job of batch {batch_id!r} has no retries left; "
+                             "retry_monitor_job first")
+        self._runtime.remove(batch_id)
+        self._leave_runtime(batch)
         self._create_jobs(batch, batch.total_jobs)
         unfinished = self._take_pending(batch, batch.total_jobs)
         if batch.failed_ids:
@@ -574,6 +844,8 @@ class FakeEngine(FaultInjector):
         self._job_log(batch, "success", unfinished, DEFAULT_RETRIES)
         batch.completed_jobs = batch.total_jobs
         batch.failed_jobs = 0
+        batch.job_failures.clear()
+        batch.monitor_failure = None
         self._end(batch)
 
     def delete(self, batch_id: str, cascade: bool = False, *, user: str | None = "demo") -> None:
@@ -586,6 +858,7 @@ class FakeEngine(FaultInjector):
         also removes the historic batch and its job log; the user-operation entry stays.
         """
         batch = self._runtime.remove(batch_id)
+        self._leave_runtime(batch)
         self._log(batch_id, "Delete", "cascadeToHistory", str(cascade).lower(), user)
         self._job_log(batch, "deletion", self._take_pending(batch, batch.jobs_created),
                       DEFAULT_RETRIES)
@@ -619,6 +892,25 @@ class FakeEngine(FaultInjector):
         """The batch's historic job log runs, oldest first (empty when it has none)."""
         return list(self._job_logs.get(batch_id, ()))
 
+    def seed_job_id(self, batch_id: str) -> str | None:
+        """The id of the running batch's seed job, None once seeding is done."""
+        batch = self._running(batch_id)
+        if batch.jobs_created >= batch.total_jobs:
+            return None
+        return _job_id(batch, "seed", batch.seed_run)
+
+    def monitor_job_id(self, batch_id: str) -> str | None:
+        """The id of the running batch's monitor job, None while seeding lasts."""
+        batch = self._running(batch_id)
+        if batch.jobs_created < batch.total_jobs:
+            return None
+        return _job_id(batch, "monitor", 0)
+
+    def failed_job_ids(self, batch_id: str) -> list[str]:
+        """Ids of the running batch's execution jobs with no retries left, in failure order."""
+        batch = self._running(batch_id)
+        return [_job_id(batch, "execution", index) for index in batch.failed_ids]
+
     # ----------------------------------------------------------------- model internals
 
     def _new_batch(
@@ -643,6 +935,7 @@ class FakeEngine(FaultInjector):
             start_time=self.clock(),
             jobs_created=min(total_jobs, jobs_per_seed),
         )
+        batch.created_runs.append((0, batch.start_time))
         if self.history:
             self._job_definitions[batch.batch_job_definition_id] = batch_id
         return batch
@@ -654,11 +947,36 @@ class FakeEngine(FaultInjector):
         return batch
 
     def _create_jobs(self, batch: EngineBatch, jobs_created: int) -> None:
-        """The seed job creates execution jobs up to ``jobs_created`` in all."""
+        """The seed job creates execution jobs up to ``jobs_created`` in all.
+
+        A run that succeeds replaces the seed job by a new one (or, once every job exists, by
+        the monitor job): a failure and a retry count of the old one are gone.
+        """
         before = batch.jobs_created
         if jobs_created > before:
             batch.jobs_created = jobs_created
+            batch.created_runs.append((before, self.clock()))
+            batch.seed_run += 1
+            batch.seed_retries, batch.seed_failure = DEFAULT_RETRIES, None
             self._job_log_created(batch, before)
+
+    def _check_seed_job_runs(self, batch: EngineBatch) -> None:
+        if batch.jobs_created < batch.total_jobs and batch.seed_retries == 0:
+            raise ValueError(f"the seed job of batch {batch.id!r} has no retries left; "
+                             "retry_seed_job first")
+
+    def _enter_runtime(self, batch: EngineBatch) -> None:
+        """Register the job definitions of a batch that just started."""
+        for definition, kind in ((batch.seed_job_definition_id, "seed"),
+                                 (batch.monitor_job_definition_id, "monitor"),
+                                 (batch.batch_job_definition_id, "execution")):
+            self._runtime_definitions[definition] = (batch.id, kind)
+
+    def _leave_runtime(self, batch: EngineBatch) -> None:
+        """The batch's job definitions and jobs are gone from the runtime."""
+        for definition in (batch.seed_job_definition_id, batch.monitor_job_definition_id,
+                           batch.batch_job_definition_id):
+            self._runtime_definitions.pop(definition, None)
 
     def _take_pending(self, batch: EngineBatch, n: int) -> JobIndices:
         """Up to ``n`` pending jobs (retried ones first), which leave the pending set."""
@@ -672,7 +990,7 @@ class FakeEngine(FaultInjector):
     def _execute(self, batch: EngineBatch, n: int) -> JobIndices:
         """Run up to ``n`` pending jobs (seeding as needed); returns the jobs that ran."""
         shortfall = n - batch.pending_jobs
-        if shortfall > 0:
+        if shortfall > 0 and batch.seed_retries > 0:
             self._create_jobs(batch, min(batch.total_jobs, batch.jobs_created + shortfall))
         jobs = self._take_pending(batch, max(0, n))
         if jobs and batch.execution_start_time is None:
@@ -703,6 +1021,9 @@ class FakeEngine(FaultInjector):
         jobs: Sequence[int],
         retries: int,
         message: str | None = None,
+        *,
+        messages: tuple[str, ...] | None = None,
+        activity_id: str | None = None,
     ) -> None:
         """Write job log entries for ``jobs``; the engine keeps them at history FULL only."""
         if not self.history or not jobs or batch.id not in self._history:
@@ -711,6 +1032,7 @@ class FakeEngine(FaultInjector):
         indices = jobs if isinstance(jobs, range) else tuple(jobs)
         self._job_logs.setdefault(batch.id, []).append(JobLogRun(
             self._job_log_seq, batch.id, kind, indices, self.clock(), retries, message,
+            messages, activity_id,
         ))
 
     def _set_suspended(
@@ -769,6 +1091,10 @@ class FakeEngine(FaultInjector):
             ("/history/user-operation/count", self._count_operations),
             ("/history/job-log", self._get_job_log),
             ("/history/job-log/count", self._count_job_log),
+            ("/job", self._get_jobs),
+            ("/job/count", self._count_jobs),
+            ("/job/{id}", self._get_job),
+            ("/job/{id}/stacktrace", self._get_stacktrace),
         ]
         for path, handler in routes:
             router.add_get(prefix + path, handler)
@@ -906,6 +1232,172 @@ class FakeEngine(FaultInjector):
         if batch is None:
             raise EngineError(404, f"Batch with id '{batch_id}' does not exist")
         return _json(self._runtime_row(batch))
+
+    # ----------------------------------------------------------------- job endpoints
+
+    def _batch_jobs(self, batch: EngineBatch, kind: str | None = None) -> Iterator[_Job]:
+        """The batch's rows in the job table (only ``kind`` when given)."""
+        seeding = batch.jobs_created < batch.total_jobs
+        if seeding and kind in (None, "seed"):
+            yield _Job(batch, "seed", batch.seed_run, batch.seed_retries, batch.seed_failure)
+        if not seeding and kind in (None, "monitor"):
+            yield _Job(batch, "monitor", 0, batch.monitor_retries, batch.monitor_failure)
+        if kind in (None, "execution"):
+            failures = batch.job_failures
+            for index in batch.failed_ids:
+                yield _Job(batch, "execution", index, 0, failures.get(index))
+            for index in batch.retry_pending:
+                yield _Job(batch, "execution", index, 1, failures.get(index))
+            for index in range(batch.fresh_from, batch.jobs_created):
+                yield _Job(batch, "execution", index, DEFAULT_RETRIES, None)
+
+    def _candidate_jobs(self, params: _Params) -> Iterator[_Job]:
+        """Jobs of the job definition asked for, else of every running batch."""
+        definition = params.text("jobDefinitionId")
+        if definition is None:
+            for batch in self._runtime.ordered(False):
+                yield from self._batch_jobs(batch)
+            return
+        found = self._runtime_definitions.get(definition)
+        if found is not None:
+            yield from self._batch_jobs(self._runtime.by_id[found[0]], found[1])
+
+    def _job_filter(self, params: _Params) -> JobPredicate | None:
+        """JobQueryDto's filters that can select a batch job; the others match none (batch
+        jobs have no execution, process definition or activity) or are ignored."""
+        predicates: list[JobPredicate] = []
+        timers, messages = params.flag("timers"), params.flag("messages")
+        if timers and messages:
+            raise EngineError(400, "Parameter timers cannot be used together with parameter "
+                                   "messages.")
+        if timers or any(params.text(name) is not None for name in (
+                "executionId", "processDefinitionId", "processDefinitionKey", "activityId")):
+            return lambda job: False  # batch jobs are messages, without those fields
+        job_id, instance = params.text("jobId"), params.text("processInstanceId")
+        if job_id is not None:
+            predicates.append(lambda job: job.id == job_id)
+        if instance is not None:
+            predicates.append(lambda job: job.process_instance_id == instance)
+        now = self.clock()
+        checks: dict[str, JobPredicate] = {
+            "withRetriesLeft": lambda job: job.retries > 0,
+            "noRetriesLeft": lambda job: job.retries == 0,
+            "executable": lambda job: job.retries > 0 and (self._due_date(job) or now) <= now,
+            "withException": lambda job: job.failure is not None,
+            "active": lambda job: not job.batch.suspended,
+            "suspended": lambda job: job.batch.suspended,
+        }
+        for name, check in checks.items():
+            if params.flag(name):
+                predicates.append(check)
+        message = params.text("exceptionMessage")
+        if message is not None:
+            predicates.append(lambda job: job.failure is not None
+                              and job.failure.message == message)
+        tenants = params.ids("tenantIdIn")
+        with_untenanted = bool(params.flag("includeJobsWithoutTenantId"))
+        if tenants is not None:
+            predicates.append(lambda job: job.batch.tenant_id in tenants
+                              or (with_untenanted and job.batch.tenant_id is None))
+        if params.flag("withoutTenantId"):
+            predicates.append(lambda job: job.batch.tenant_id is None)
+        low = params.number("priorityHigherThanOrEquals")
+        if low is not None and low > 0:
+            return lambda job: False  # batch jobs have priority 0 (batchJobPriority)
+        return None if not predicates else lambda job: all(p(job) for p in predicates)
+
+    def _due_date(self, job: _Job) -> float | None:
+        """Batch jobs are due at once: the seed and execution jobs are hinted to the job
+        executor, and the first monitor job has no due date either."""
+        return None
+
+    def _query_jobs(self, params: _Params) -> Iterator[_Job]:
+        keep = self._job_filter(params)
+        jobs = self._candidate_jobs(params)
+        return jobs if keep is None else filter(keep, jobs)
+
+    def _job_row(self, job: _Job) -> Row:
+        self._remember_job(job)
+        failure = job.failure
+        batch = job.batch
+        if job.kind == "execution":
+            created = batch.created_runs[bisect.bisect_right(batch.created_runs,
+                                                             (job.index, math.inf)) - 1][1]
+        else:  # the seed job a run left behind, or the monitor job the last run created
+            created = batch.created_runs[-1][1] if batch.created_runs else batch.start_time
+        values: Row = {
+            "id": job.id,
+            "jobDefinitionId": job.definition_id,
+            "processInstanceId": job.process_instance_id,
+            "exceptionMessage": None if failure is None else failure.message,
+            "failedActivityId": None if failure is None else failure.activity_id,
+            "retries": job.retries,
+            "dueDate": self._format_date(self._due_date(job)),
+            "suspended": batch.suspended,
+            "priority": 0,
+            "tenantId": batch.tenant_id,
+            "createTime": self._format_date(created),
+            "batchId": batch.id,
+        }
+        keys = [k for k in _JOB_KEYS if not (self.legacy and k == "batchId")]
+        return {key: values.get(key) for key in keys}
+
+    def _remember_job(self, job: _Job) -> None:
+        if len(self._job_index) >= 100_000:
+            self._job_index.clear()
+        self._job_index[job.id] = (job.batch.id, job.kind, job.index)
+
+    def _find_job(self, job_id: str) -> _Job | None:
+        """The running job with this id: the one last served under it, else a search."""
+        seen = self._job_index.get(job_id)
+        if seen is not None:
+            batch = self._runtime.by_id.get(seen[0])
+            if batch is not None:
+                for job in self._batch_jobs(batch, seen[1]):
+                    if job.index == seen[2]:
+                        return job
+        for batch in self._runtime.ordered(False):
+            for job in self._batch_jobs(batch):
+                if job.id == job_id:
+                    return job
+        return None
+
+    async def _get_jobs(self, request: web.Request) -> web.Response:
+        """``GET /job``: the job query; without sortBy the engine orders by id."""
+        params = _Params(request.query)
+        sorting = _sorting(params, _JOB_SORTS)
+        first, count = self._page(params)
+        jobs = list(self._query_jobs(params))
+        by = "jobId" if sorting is None else sorting.by
+        key: Callable[[_Job], Any] = {
+            "processInstanceId": lambda job: (_nulls_first(job.process_instance_id), job.id),
+            "jobRetries": lambda job: (job.retries, job.id),
+            "tenantId": lambda job: (_nulls_first(job.batch.tenant_id), job.id),
+        }.get(by, lambda job: job.id)  # the other sort keys are equal (null or 0) for all
+        jobs.sort(key=key, reverse=sorting is not None and sorting.descending)
+        page = jobs[first : None if count is None else first + count]
+        return _json([self._job_row(job) for job in page])
+
+    async def _count_jobs(self, request: web.Request) -> web.Response:
+        return _json({"count": sum(1 for _ in self._query_jobs(_Params(request.query)))})
+
+    async def _get_job(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        job = self._find_job(job_id)
+        if job is None:
+            raise EngineError(404, f"Job with id {job_id} does not exist")
+        return _json(self._job_row(job))
+
+    async def _get_stacktrace(self, request: web.Request) -> web.Response:
+        """``GET /job/{id}/stacktrace``: text/plain; a job without an exception has none
+        (the resource returns null: 204); an unknown job is the engine's 404."""
+        job_id = request.match_info["id"]
+        job = self._find_job(job_id)
+        if job is None:
+            raise EngineError(404, f"No job found with id {job_id}: job is null")
+        if job.failure is None:
+            return web.Response(status=204)
+        return web.Response(text=stacktrace(job.failure), content_type="text/plain")
 
     # ----------------------------------------------------------------- history endpoints
 
@@ -1049,7 +1541,9 @@ class FakeEngine(FaultInjector):
             "jobId": str(uuid.uuid5(_IDS, f"job:{batch.batch_job_definition_id}:{index}")),
             "jobRetries": run.retries,
             "jobPriority": 0,
-            "jobExceptionMessage": run.message,
+            "jobExceptionMessage": run.message if run.messages is None else run.messages[offset],
+            "failedActivityId": run.activity_id if run.kind == "failure" else None,
+            "processInstanceId": _job_instance(batch, index),
             "jobDefinitionId": batch.batch_job_definition_id,
             "jobDefinitionType": batch.type,
             "jobDefinitionConfiguration": batch.id,
