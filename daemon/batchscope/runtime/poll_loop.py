@@ -45,6 +45,10 @@ class RunningTarget:
     session: aiohttp.ClientSession
     task: asyncio.Task[None] | None = None
     up: bool | None = None  # health as last logged (None: not polled yet)
+    # What /api/v1/targets and the status page show (wall-clock seconds, the daemon's clock):
+    last_poll: float | None = None  # when the last poll attempt ended
+    last_success: float | None = None  # when the last successful poll ended
+    last_error: PollError | None = None  # the last attempt's error; None once one succeeds
 
 
 async def poll_forever(
@@ -74,12 +78,15 @@ async def poll_forever(
             error = classify_unexpected(exc)
         elapsed = time.monotonic() - started
         poller.heartbeat.end_cycle()
+        rt.last_poll = clock()
+        rt.last_error = error
         rate_limit = poller.rate_limit
         if rate_limit is not None:
             metrics.rate_limit(source, name, rate_limit.remaining)
         if error is None:
             failures = 0
-            metrics.poll_succeeded(source, name, elapsed, clock())
+            rt.last_success = rt.last_poll
+            metrics.poll_succeeded(source, name, elapsed, rt.last_poll)
             if rt.up is not True:
                 if rt.up is False:
                     log_sink.target_up(source.value, name)

@@ -1,7 +1,10 @@
-"""A bounded ring buffer of recent events, served by ``/api/v1/events``."""
+"""A bounded ring buffer of recent events, served by ``/api/v1/events`` and streamed by
+``/api/v1/events/stream``."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections import deque
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -23,9 +26,32 @@ def event_record(event: Event) -> dict[str, Any]:
 class EventBuffer:
     def __init__(self, capacity: int = 10_000) -> None:
         self._items: deque[dict[str, Any]] = deque(maxlen=capacity)
+        self._next: asyncio.Future[None] | None = None
 
     def extend(self, events: Iterable[Event]) -> None:
+        before = len(self._items), self._items[-1]["seq"] if self._items else None
         self._items.extend(event_record(e) for e in events)
+        after = len(self._items), self._items[-1]["seq"] if self._items else None
+        if after != before and self._next is not None:
+            if not self._next.done():
+                self._next.set_result(None)
+            self._next = None
+
+    def next_change(self) -> asyncio.Future[None]:
+        """A future done once events are next added. Shared by every waiter (one future
+        however many streams wait): await it through ``asyncio.wait``, never cancel it."""
+        loop = asyncio.get_running_loop()
+        if self._next is None or self._next.get_loop() is not loop:
+            self._next = loop.create_future()
+        return self._next
+
+    def tail(self, n: int) -> list[dict[str, Any]]:
+        """The last ``n`` events, oldest first."""
+        if n <= 0:
+            return []
+        newest = list(itertools.islice(reversed(self._items), n))
+        newest.reverse()
+        return newest
 
     def after(self, seq: int, limit: int = 1000) -> list[dict[str, Any]]:
         """Events with a sequence number above ``seq``, oldest first."""
