@@ -161,7 +161,7 @@ class Daemon:
     async def start(self) -> None:
         http = self.settings.http
         ports = ApiPorts(batches=self.core, events=self.events, health=self.health,
-                         watch_list=self.watch_list)
+                         watch_list=self.watch_list, targets=self.health)
         app = build_app(ports, self.metrics.registry, http)
         try:
             self._runner, self.http_port = await start_http_server(
