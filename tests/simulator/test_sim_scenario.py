@@ -12,7 +12,7 @@ from pytest_aiohttp import AiohttpClient
 
 from batchscope.simulator.datadog import FakeDatadog
 from batchscope.simulator.engine import FakeEngine
-from batchscope.simulator.scenario import CYCLE_SECONDS, DemoScenario
+from batchscope.simulator.scenario import CYCLE_SECONDS, LISTENER_FAILURE, DemoScenario
 from sim_support import DD_HEADERS, FakeClock
 
 STALL_AFTER = 15.0  # what the demo configures for both sources
@@ -154,6 +154,7 @@ async def test_demo_visits_every_state_within_a_minute(
             ["in_progress", "passed"],
             ["in_progress", "passed"],
             ["in_progress", "failed", "in_progress", "passed"],
+            ["in_progress", "failed", "in_progress", "passed"],
             ["in_progress", "suspended", "in_progress", "passed"],
             ["in_progress", "suspended", "cancelled"],
             ["in_progress", "stalled", "in_progress", "passed"],
@@ -176,6 +177,43 @@ async def test_demo_visits_every_state_within_a_minute(
     assert engine.runtime_ids() == []
 
 
+async def test_the_demos_failure_and_stall_explain_themselves(
+    aiohttp_client: AiohttpClient, clock: FakeClock
+) -> None:
+    """While the demo's migration has failed jobs, GET /job shows why (ENGINE-23004 for
+    each unmapped instance, a listener failure in Task_B); while its stalled batch stalls,
+    its seed job has no retries left and a message, and failedJobs does not count it."""
+    engine = FakeEngine(clock=clock)
+    client = await aiohttp_client(engine.app)
+    scenario = DemoScenario(engine, FakeDatadog(clock=clock), clock=clock)
+    origin = clock()
+    scenario.step(origin)
+    scenario.step(origin + 25)  # the migration failed at t11-12, the stall began at ~t22
+    roles = scenario.engine_roles()
+    mismapped, stalled = engine.batch(roles["mismapped"]), engine.batch(roles["stalled"])
+
+    async def jobs(definition: str) -> list[dict[str, Any]]:
+        async with client.get(f"/job?jobDefinitionId={definition}&noRetriesLeft=true"
+                              "&maxResults=50") as resp:
+            rows: list[dict[str, Any]] = await resp.json()
+            return rows
+
+    failed = await jobs(mismapped.batch_job_definition_id)
+    [seed] = await jobs(stalled.seed_job_definition_id)
+
+    assert (mismapped.failed_jobs, stalled.failed_jobs) == (5, 0)
+    unmapped = [j for j in failed if j["exceptionMessage"].startswith("ENGINE-23004 ")]
+    listener = [j for j in failed if j["exceptionMessage"] == LISTENER_FAILURE]
+    assert len(unmapped) == 3 and len({j["exceptionMessage"] for j in unmapped}) == 3
+    assert all("no migration instruction" in j["exceptionMessage"] for j in unmapped)
+    assert [j["failedActivityId"] for j in listener] == ["Task_B", "Task_B"]
+    assert seed["retries"] == 0 and seed["exceptionMessage"].startswith("ENGINE-03004 ")
+    assert stalled.jobs_created == 20 < stalled.total_jobs
+    scenario.step(origin + 45)  # the seed job was retried at t40: seeding goes on
+    assert engine.batch(roles["stalled"]).jobs_created > 20
+    assert await jobs(engine.batch(roles["stalled"]).seed_job_definition_id) == []
+
+
 def test_cycles_repeat_with_new_batches_and_old_ones_are_cleaned_up(clock: FakeClock) -> None:
     """Each cycle creates fresh batches; cycles beyond keep_cycles are removed."""
     engine = FakeEngine(clock=clock)
@@ -189,8 +227,8 @@ def test_cycles_repeat_with_new_batches_and_old_ones_are_cleaned_up(clock: FakeC
     first_datadog = scenario.datadog_batch_ids()
     scenario.step(origin + 2 * CYCLE_SECONDS - 1)
 
-    assert len(first_engine) == 7 and len(first_datadog) == 4
-    assert len(engine.history_ids()) == 7 and not first_engine & set(engine.history_ids())
+    assert len(first_engine) == 8 and len(first_datadog) == 4
+    assert len(engine.history_ids()) == 8 and not first_engine & set(engine.history_ids())
     assert len(scenario.datadog_batch_ids()) == 8
     assert datadog.batch_ids() == scenario.datadog_batch_ids()[4:]
 
@@ -209,7 +247,7 @@ def test_a_late_step_catches_up_in_order(clock: FakeClock) -> None:
         "passed",
         "failed",
     }
-    assert len(engine.history_ids()) == 3 * 7  # every role but the cascade-deleted one
+    assert len(engine.history_ids()) == 3 * 8  # every role but the cascade-deleted one
 
 
 async def test_run_steps_until_stopped(clock: FakeClock) -> None:

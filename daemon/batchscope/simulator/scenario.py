@@ -6,7 +6,12 @@ Time is passed in (:meth:`DemoScenario.step`), so tests drive a minute of activi
 
 Timeline of each 60 s cycle (t = seconds into the cycle). It assumes the demo daemon polls
 every 1-2 s with ``stall_after`` of 15 s for both sources: only the "stalled" batches go 15 s
-without progress; every other batch changes a counter or ends within 12 s.
+without progress; every other batch changes a counter or ends within 12 s, or has failed
+jobs (failed comes before stalled).
+
+The failures explain themselves as the real engine's would: failed execution jobs carry
+their exception messages (``GET /job``), and the stalled engine batch is waiting for a seed
+job that ran out of retries, which ``failedJobs`` does not count.
 
 Engine:
 
@@ -15,15 +20,23 @@ role        type                       script
 ==========  =========================  ======================================================
 migration   instance-migration (200)   t0 create, t2-21 10 jobs/s, t23 finish -> passed
 modify      instance-modification (50) t1 create, t3-12 5 jobs/s, t14 finish -> passed
-retried     instance-deletion (100)    t2 create, t4-9 10/s, t10 5 jobs fail -> failed,
-                                       t11-15 7/s, t22 retry -> in_progress, t23 last 5,
-                                       t25 finish -> passed
+retried     instance-deletion (100)    t2 create, t4-9 10/s, t10 5 jobs fail (a listener's
+                                       expression names a bean not deployed, in Task_A)
+                                       -> failed, t11-15 7/s, t22 retry -> in_progress,
+                                       t23 last 5, t25 finish -> passed
+mismapped   instance-migration (40)    t7 create, t8-10 5/s, t11 3 jobs fail: ENGINE-23004,
+                                       no migration instruction for the instance's Task_A
+                                       -> failed, t12 2 fail in a listener in Task_B,
+                                       t13-16 5/s, t30 the 5 failed jobs deleted by hand
+                                       -> in_progress, t32 finish -> passed
 paused      set-job-retries (60)       t3 create, t4-8 5/s, t9 suspend -> suspended,
                                        t19 activate -> in_progress, t20-26 5/s, t28 finish
 cancelled   instance-restart (80)      t4 create, t5-12 4/s, t14 suspend, t24 delete
                                        (keep history) -> cancelled
-stalled     instance-migration (100)   t5 create, t6-7 10/s, no progress until t40
-                                       (stalled from ~t22), t40-47 10/s, t49 finish -> passed
+stalled     instance-migration (100,   t5 create (20 jobs), t6-7 10/s, t8 the seed job
+            20 per seed run)           fails (database full): no job is created or runs
+                                       (stalled from ~t22: seed_job_failed), t40 the seed
+                                       job retried, t40-47 10/s, t49 finish -> passed
 vanished    historic-instance-         t6 create, t8-12 4/s, t16 delete with cascade
             deletion (40)              -> vanished (no history left)
 instant     set-variables (10)         t30 created, run and finished at once: only the
@@ -73,6 +86,11 @@ _SKIPPED_TEST: Mapping[str, Any] = {
 _BROWSER_TEST = str(SAMPLE_TESTS[0]["test_public_id"])
 _API_TEST = str(SAMPLE_TESTS[1]["test_public_id"])
 
+#: The "mismapped" migration's second failure: a listener of the target process, run by the
+#: migration (skipCustomListeners off), names a bean the target deployment lacks.
+LISTENER_FAILURE = ("Unknown property used in expression: ${migrationAudit.notify(execution)}. "
+                    "Cause: Cannot resolve identifier 'migrationAudit'")
+
 
 @dataclass
 class _Cycle:
@@ -120,6 +138,10 @@ class DemoScenario:
         """Every Datadog batch id the scenario has created, oldest first."""
         return list(self._datadog_ids)
 
+    def engine_roles(self) -> dict[str, str]:
+        """The engine batches of the current cycle by role (those created so far)."""
+        return dict(self._cycles[-1].engine) if self._cycles else {}
+
     def step(self, now: float) -> None:
         """Run every scripted action due up to ``now`` (the first call starts cycle 0)."""
         if self._origin is None:
@@ -159,9 +181,10 @@ class DemoScenario:
     def _engine_script(self) -> list[_Step]:
         engine = self.engine
 
-        def create(role: str, batch_type: str, total: int) -> Action:
+        def create(role: str, batch_type: str, total: int, per_seed: int = 100) -> Action:
             def run(cycle: _Cycle) -> None:
-                cycle.engine[role] = engine.create_batch(batch_type, total)
+                cycle.engine[role] = engine.create_batch(batch_type, total,
+                                                         jobs_per_seed=per_seed)
 
             return run
 
@@ -202,10 +225,20 @@ class DemoScenario:
             *progress("cancelled", 5, 12, 4),
             _Step(14, on("cancelled", engine.suspend)),
             _Step(24, on("cancelled", engine.delete)),
-            _Step(5, create("stalled", "instance-migration", 100)),
+            _Step(5, create("stalled", "instance-migration", 100, per_seed=20)),
             *progress("stalled", 6, 7, 10),
+            _Step(8, on("stalled", engine.fail_seed_job)),
+            _Step(40, on("stalled", engine.retry_seed_job)),
             *progress("stalled", 40, 47, 10),
             _Step(49, on("stalled", engine.finish)),
+            _Step(7, create("mismapped", "instance-migration", 40)),
+            *progress("mismapped", 8, 10, 5),
+            _Step(11, on("mismapped", lambda batch_id: engine.fail_jobs(batch_id, 3))),
+            _Step(12, on("mismapped", lambda batch_id: engine.fail_jobs(
+                batch_id, 2, LISTENER_FAILURE, activity_id="Task_B"))),
+            *progress("mismapped", 13, 16, 5),
+            _Step(30, on("mismapped", engine.delete_failed_jobs)),
+            _Step(32, on("mismapped", engine.finish)),
             _Step(6, create("vanished", "historic-instance-deletion", 40)),
             *progress("vanished", 8, 12, 4),
             _Step(16, on("vanished", lambda batch_id: engine.delete(batch_id, cascade=True))),
