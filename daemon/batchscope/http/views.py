@@ -66,7 +66,8 @@ def batch_detail(rec: TrackedBatch, links: DatadogLinks | None = None) -> dict[s
                 "result_id": slot.result_id,
                 "duration_ms": r.duration_ms if r else None,
                 "timed_out": r.timed_out if r else None,
-                "link": (links.result(r.test_public_id, slot.result_id)
+                "link": (links.result(r.test_public_id, slot.result_id, batch_id=rec.batch_id,
+                                      test_type=r.test_type)
                          if links is not None and r is not None else None),
             })
         view["results"] = results

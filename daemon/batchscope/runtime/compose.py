@@ -6,23 +6,26 @@ part is made one way only. Nothing else in the package constructs a poller or a 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
 
-from batchscope import __version__
+from batchscope import __version__, redaction
 from batchscope.model import Source
 from batchscope.runtime.pollers import (
+    CountLookup,
     DatadogPoller,
+    DiagnosisPlan,
     EnginePoller,
     Heartbeat,
     Publish,
     TargetPoller,
 )
 from batchscope.runtime.publisher import Publisher
-from batchscope.settings import DatadogTarget, EngineTarget, Settings
+from batchscope.settings import DatadogTarget, EngineTarget, Settings, secret_values
 from batchscope.sinks.events import EventBuffer
 from batchscope.sinks.logs import EventLog
 from batchscope.sinks.metrics import Metrics
@@ -30,6 +33,7 @@ from batchscope.sinks.state_format import memory_from_meta, memory_to_meta
 from batchscope.sinks.store import SEQ_RESERVE, StateError, StateStore
 from batchscope.sources.datadog import DatadogClient
 from batchscope.sources.engine import EngineClient
+from batchscope.sources.engine_jobs import EngineJobs
 from batchscope.tracker import Changes, Core, DatadogWatch, EngineWatch, TargetWatch
 
 TargetSettings = EngineTarget | DatadogTarget
@@ -39,9 +43,10 @@ Clock = Callable[[], float]
 def target_watch(t: TargetSettings) -> TargetWatch:
     """What the core needs to know of a configured target."""
     if isinstance(t, EngineTarget):
-        return EngineWatch(name=t.name, stall_after=t.stall_after)
+        return EngineWatch(name=t.name, stall_after=t.stall_after, cockpit_url=t.cockpit_url)
     return DatadogWatch(name=t.name, stall_after=t.stall_after,
-                        not_found_grace=t.not_found_grace, batch_ids=tuple(t.batch_ids))
+                        not_found_grace=t.not_found_grace, batch_ids=tuple(t.batch_ids),
+                        app_url=t.app_base_url)
 
 
 def configured_targets(settings: Settings) -> list[TargetSettings]:
@@ -77,13 +82,18 @@ def make_poller(
     clock: Clock,
     session: aiohttp.ClientSession,
     heartbeat: Heartbeat,
+    metrics: Metrics | None = None,
 ) -> TargetPoller:
     """The one poller factory: a target's client on ``session`` and its poller."""
     interval = settings.interval_for(t)
     if isinstance(t, EngineTarget):
-        return EnginePoller(t.name, interval, core,
-                            EngineClient(t, session, on_progress=heartbeat.beat),
-                            publish, clock, heartbeat)
+        client = EngineClient(t, session, on_progress=heartbeat.beat)
+        count: CountLookup | None = None
+        if metrics is not None:
+            count = functools.partial(metrics.diagnosis_lookup, Source.ENGINE, t.name)
+        plan = DiagnosisPlan(jobs=EngineJobs(client), sample=t.diagnosis_sample,
+                             budget=t.diagnosis_lookups, count=count)
+        return EnginePoller(t.name, interval, core, client, publish, clock, heartbeat, plan)
     return DatadogPoller(t.name, interval, core,
                          DatadogClient(t, session, on_progress=heartbeat.beat),
                          publish, clock, heartbeat)
@@ -142,6 +152,7 @@ class Parts:
 def build(settings: Settings, *, clock: Clock = time.time, reset_state: bool = False,
           changed: Callable[[], None] | None = None) -> Parts:
     """The daemon's parts; opens (and loads) the state file. Raises StateError."""
+    redaction.register(secret_values(settings))  # whoever logs, upstream text included
     core = new_core(settings)
     state = StateFile(StateStore(settings.state_path))
     state.load_into(core, reset=reset_state)

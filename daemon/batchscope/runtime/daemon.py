@@ -99,7 +99,7 @@ class Daemon:
         poller = compose.make_poller(
             t, settings=self.settings, core=self.core, publish=self.parts.publish,
             clock=self.clock, session=session,
-            heartbeat=compose.heartbeat_for(t, self._heartbeat_grace))
+            heartbeat=compose.heartbeat_for(t, self._heartbeat_grace), metrics=self.metrics)
         poller.heartbeat.expect_within(poller.interval)
         rt = RunningTarget(settings=t, poller=poller, session=session)
         self.targets[poller.key] = rt

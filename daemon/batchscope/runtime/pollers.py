@@ -13,16 +13,18 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from batchscope.model import ErrorReason, Notice, Source
+from batchscope.model import ErrorReason, FailedJob, Notice, Source
 from batchscope.sources.datadog import DatadogClient
 from batchscope.sources.engine import EngineClient, SkippedRow
 from batchscope.sources.fetch import PollError, RateLimit
 from batchscope.tracker import Core, Outcome
+from batchscope.tracker.diagnosis import Findings, LookupKind, LookupRequest
 from batchscope.tracker.observations import (
     CiBatchNotFound,
     CiBatchSeen,
+    Diagnosed,
     EndLookedUp,
     HistorySwept,
     RuntimeListed,
@@ -120,13 +122,38 @@ async def _gather_all(tasks: Iterable[Awaitable[Any]]) -> list[Any]:
     return results
 
 
+class JobLookups(Protocol):
+    """The engine's job endpoints, as the diagnosis needs them (sources/engine_jobs.py)."""
+
+    async def failed_execution_jobs(self, job_definition_id: str,
+                                    sample: int) -> list[FailedJob]: ...
+
+    async def failed_job(self, job_definition_id: str) -> FailedJob | None: ...
+
+
+#: Counts one diagnosis lookup by outcome (ok, error, skipped_budget).
+CountLookup = Callable[[str, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosisPlan:
+    """How an engine poller explains failures and stalls: where to look, how much."""
+
+    jobs: JobLookups | None = None
+    sample: int = 50
+    budget: int = 20
+    count: CountLookup | None = None
+
+
 class EnginePoller(TargetPoller):
     source = Source.ENGINE
 
     def __init__(self, name: str, interval: float, core: Core, client: EngineClient,
-                 publish: Publish, clock: Clock, heartbeat: Heartbeat) -> None:
+                 publish: Publish, clock: Clock, heartbeat: Heartbeat,
+                 diagnosis: DiagnosisPlan | None = None) -> None:
         super().__init__(name, interval, core, publish, clock, heartbeat)
         self.client = client
+        self.diagnosis = diagnosis or DiagnosisPlan()
         self._skips: set[tuple[str, str | None, str]] = set()
 
     async def poll_once(self) -> None:
@@ -136,7 +163,10 @@ class EnginePoller(TargetPoller):
         unreadable = frozenset(s.batch_id for s in listing.skipped if s.batch_id is not None)
         outcome = self.core.apply(
             self.key, RuntimeListed(listing.rows, listing.server_time, unreadable), self.clock())
-        self.publish(outcome)
+        # The lookups happen before the transition lines are written: one line per
+        # transition, with the reason and the evidence in it.
+        await self._diagnose()
+        self.publish(self.core.annotate(outcome))
 
         sweep_from = self.core.sweep_from(self.name)
         assert sweep_from is not None  # the listing above started the cursor
@@ -173,6 +203,45 @@ class EnginePoller(TargetPoller):
             record = await self.client.with_delete_evidence(record)
         self.publish(self.core.apply(
             self.key, EndLookedUp(batch_id, record, still_running), self.clock()))
+
+    async def _diagnose(self) -> None:
+        """The lookups the core asked for, within this cycle's budget; a failing lookup is
+        counted and leaves the evidence unknown, it never fails or delays the poll beyond
+        the request timeout."""
+        plan = self.diagnosis
+        due, deferred = self.core.lookups_due(self.name, plan.budget)
+        if plan.jobs is None or not due:
+            return
+        count = plan.count or (lambda outcome, n: None)
+        if deferred:
+            count("skipped_budget", deferred)
+        results = await asyncio.gather(*(self._look_up(plan.jobs, r) for r in due),
+                                       return_exceptions=True)
+        for request, result in zip(due, results, strict=True):
+            if isinstance(result, Findings):
+                findings = result
+                count("ok", 1)
+            else:
+                findings = Findings(error=str(result))
+                count("error", 1)
+                self.publish(Outcome(notices=[Notice("diagnosis.lookup_failed", "warning", {
+                    "source": self.source.value, "target": self.name,
+                    "batch_id": request.batch_id, "kind": request.kind.value,
+                    "error": str(result)})]))
+            self.core.apply(self.key, Diagnosed(request, findings), self.clock())
+
+    async def _look_up(self, jobs: JobLookups, request: LookupRequest) -> Findings:
+        if request.kind is LookupKind.FAILED_JOBS:
+            if request.batch_job_definition_id is None:
+                return Findings(error="the batch has no batchJobDefinitionId")
+            return Findings(failed_jobs=await jobs.failed_execution_jobs(
+                request.batch_job_definition_id, self.diagnosis.sample))
+        seed = monitor = None
+        if request.seed_job_definition_id is not None:
+            seed = await jobs.failed_job(request.seed_job_definition_id)
+        if seed is None and request.monitor_job_definition_id is not None:
+            monitor = await jobs.failed_job(request.monitor_job_definition_id)
+        return Findings(seed_failure=seed, monitor_failure=monitor)
 
     def _new_skips(self, skipped: list[SkippedRow]) -> list[Notice]:
         """Unreadable rows, each logged when it first appears, not on every poll."""

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from .errors import EX_CONFIG, SettingsError
 from .fields import BATCH_ID_PATTERN, DATADOG_SITES, TARGET_NAME_PATTERN, Duration, parse_duration
-from .loader import REDACTED, load_settings, redacted_dict
+from .loader import REDACTED, load_settings, redacted_dict, secret_values
 from .models import (
     DEFAULT_STATE_PATH,
     ENV_PREFIX,
@@ -83,4 +83,5 @@ __all__ = [
     "load_settings",
     "parse_duration",
     "redacted_dict",
+    "secret_values",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -113,3 +114,20 @@ def _scrub(lines: Iterable[str], secrets: Iterable[str]) -> list[str]:
             line = line.replace(secret, REDACTED)
         scrubbed.append(line)
     return scrubbed
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret value of the settings, in each form a log line could show it: what the
+    redaction registry must hide."""
+    values = []
+    if settings.http.api_token is not None:
+        values.append(settings.http.api_token.get_secret_value())
+    for e in settings.engines:
+        values += [s.get_secret_value() for s in (e.password, e.bearer_token) if s is not None]
+        if e.username is not None and e.password is not None:
+            # the Authorization header form, should an upstream ever echo it back
+            pair = f"{e.username}:{e.password.get_secret_value()}".encode()
+            values.append(base64.b64encode(pair).decode())
+    for d in settings.datadog:
+        values += [s.get_secret_value() for s in (d.api_key, d.app_key) if s is not None]
+    return values

@@ -26,6 +26,8 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from batchscope.tracker.links import datadog_app_url
+
 from .fields import (
     DATADOG_SITES,
     BatchId,
@@ -208,9 +210,10 @@ class DatadogTarget(BaseModel):
 
     @property
     def app_base_url(self) -> str:
-        """Where links point: ``app_url`` when set, else ``https://app.<site>``."""
+        """Where links point: ``app_url`` when set, else the site's web app as datadog-ci
+        derives it (``https://app.datadoghq.com``, ``https://us3.datadoghq.com``, ...)."""
         return (self.app_url if self.app_url is not None
-                else f"https://app.{self.site or DATADOG_SITES[0]}")
+                else datadog_app_url(self.site or DATADOG_SITES[0]))
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -93,6 +93,11 @@ class Metrics:
             "Requests left in the upstream's rate-limit window (X-RateLimit-Remaining).",
             ["source", "target"], registry=r,
         )
+        self.diagnosis_lookups = Counter(
+            "batchscope_diagnosis_lookups",
+            "Failure and stall lookups (see SPEC.md's Diagnosis), by outcome.",
+            ["source", "target", "outcome"], registry=r,
+        )
         build = Gauge(
             "batchscope_build_info", "Version of batchscope; always 1.",
             ["version", "python_version"], registry=r,
@@ -116,13 +121,15 @@ class Metrics:
             self.poll_errors.labels(s, target, reason)
         self.poll_duration.labels(s, target)
         self.last_success.labels(s, target)
+        for outcome in LOOKUP_OUTCOMES:
+            self.diagnosis_lookups.labels(s, target, outcome)
         self.collector.targets.append((source, target))
 
     def remove_target(self, source: Source, target: str) -> None:
         s = source.value
         for metric in (self.transitions, self.durations, self.target_up, self.polls,
                        self.poll_errors, self.poll_duration, self.last_success,
-                       self.rate_limit_remaining):
+                       self.rate_limit_remaining, self.diagnosis_lookups):
             metric.remove_by_labels({"source": s, "target": target})
         if source is Source.DATADOG:
             self.ci_results.remove_by_labels({"target": target})
@@ -156,8 +163,15 @@ class Metrics:
         self.poll_errors.labels(source.value, target, reason).inc()
         self.target_up.labels(source.value, target).set(0)
 
+    def diagnosis_lookup(self, source: Source, target: str, outcome: str, count: int = 1
+                         ) -> None:
+        self.diagnosis_lookups.labels(source.value, target, outcome).inc(count)
+
     def rate_limit(self, source: Source, target: str, remaining: int) -> None:
         self.rate_limit_remaining.labels(source.value, target).set(remaining)
+
+
+LOOKUP_OUTCOMES = ("ok", "error", "skipped_budget")
 
 
 class TrackerCollector(Collector):

@@ -10,14 +10,18 @@ history cursor, and hands the state store its changes. Pure: no I/O, time passed
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from batchscope.model import EngineHistoryRecord, Notice, Source
+from batchscope.model import BatchTransition, EngineHistoryRecord, Event, Notice, Source, State
+from batchscope.tracker.diagnosis import Findings, LookupKind, LookupRequest, engine_diagnosis
 from batchscope.tracker.engine import MAX_PLAUSIBLE_SKEW, HistoryCursor
+from batchscope.tracker.links import DatadogLinks, EngineLinks, Links
 from batchscope.tracker.observations import (
     CiBatchNotFound,
     CiBatchSeen,
+    Diagnosed,
     EndLookedUp,
     HistorySwept,
     Observation,
@@ -33,6 +37,7 @@ class EngineWatch:
 
     name: str
     stall_after: float
+    cockpit_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +48,16 @@ class DatadogWatch:
     stall_after: float
     not_found_grace: float
     batch_ids: tuple[str, ...] = ()
+    app_url: str | None = None
 
 
 TargetWatch = EngineWatch | DatadogWatch
+
+
+def _links(watch: TargetWatch) -> Links | None:
+    if isinstance(watch, EngineWatch):
+        return None if watch.cockpit_url is None else EngineLinks(watch.cockpit_url)
+    return None if watch.app_url is None else DatadogLinks(watch.app_url)
 
 
 def target_key(watch: TargetWatch) -> TargetKey:
@@ -92,6 +104,8 @@ class Core:
         self._memory_changed = False
         self._sorted: list[Key] = []
         self._sorted_version = -1
+        # Diagnosis lookups asked for and not done yet, per engine target, oldest first.
+        self._pending: dict[str, dict[str, LookupRequest]] = {}
 
     # ------------------------------------------------------------------ set-up
 
@@ -119,6 +133,8 @@ class Core:
             del self._engines[name]
         for name in [n for n in self._datadog if (Source.DATADOG, n) not in wanted]:
             del self._datadog[name]
+        self.tracker.links = {key: links for key, w in wanted.items()
+                              if (links := _links(w)) is not None}
         for watch in wanted.values():
             if isinstance(watch, EngineWatch):
                 self._configure_engine(watch, now, out)
@@ -201,6 +217,8 @@ class Core:
                                                    still_running=running)
             case HistorySwept(rows=rows):
                 return self._history_swept(name, rows, now)
+            case Diagnosed(request=request, findings=findings):
+                return self._diagnosed(name, request, findings)
             case CiBatchSeen(snapshot=snapshot):
                 return self.tracker.datadog_snapshot(
                     name, snapshot, now, self._datadog[name].stall_after)
@@ -225,7 +243,56 @@ class Core:
         out = self.tracker.engine_runtime(name, listing.rows, now, state.watch.stall_after,
                                           listing.unreadable)
         out.notices[:0] = notices
+        pending = self._pending.setdefault(name, {})
+        for request in out.lookups:
+            if not self._cached(name, request):
+                pending[request.batch_id] = request
+        for batch_id in [b for b in pending if self._stale(name, pending[b])]:
+            del pending[batch_id]
         return out
+
+    # ------------------------------------------------------------------ diagnosis
+
+    def lookups_due(self, target: str, budget: int) -> tuple[list[LookupRequest], int]:
+        """The diagnosis lookups to make this cycle (at most ``budget``), and how many wait
+        for a later one. A steady cycle has none."""
+        pending = list(self._pending.get(target, {}).values())
+        return pending[:budget], max(0, len(pending) - budget)
+
+    def _cached(self, target: str, request: LookupRequest) -> bool:
+        """A failed-jobs sample for the same failed count is already known."""
+        rec = self.tracker.get(Source.ENGINE, target, request.batch_id)
+        if rec is None or request.kind is not LookupKind.FAILED_JOBS:
+            return False
+        failure = rec.diagnosis.failure
+        return failure is not None and failure.get("failed_jobs") == request.failed_jobs
+
+    def _stale(self, target: str, request: LookupRequest) -> bool:
+        """The batch left the state the lookup was for (or is gone)."""
+        rec = self.tracker.get(Source.ENGINE, target, request.batch_id)
+        wanted = State.FAILED if request.kind is LookupKind.FAILED_JOBS else State.STALLED
+        return rec is None or rec.state is not wanted
+
+    def _diagnosed(self, target: str, request: LookupRequest, findings: Findings) -> Outcome:
+        self._pending.get(target, {}).pop(request.batch_id, None)
+        rec = self.tracker.get(Source.ENGINE, target, request.batch_id)
+        if rec is not None and not self._stale(target, request):
+            reason, failure = engine_diagnosis(rec.state, rec.jobs, findings)
+            self.tracker.diagnose(rec, reason, failure)
+        return Outcome()
+
+    def annotate(self, outcome: Outcome) -> Outcome:
+        """The outcome's transitions with what diagnosis found since they were decided."""
+        events: list[Event] = []
+        for event in outcome.events:
+            if isinstance(event, BatchTransition):
+                rec = self.tracker.get(event.source, event.target, event.batch_id)
+                if (rec is not None and rec.state is event.to_state
+                        and rec.diagnosis != event.diagnosis):
+                    event = dataclasses.replace(event, diagnosis=rec.diagnosis)
+            events.append(event)
+        outcome.events = events
+        return outcome
 
     def _history_swept(self, name: str, rows: list[EngineHistoryRecord],
                        now: float) -> Outcome:

@@ -7,6 +7,7 @@ from batchscope.model import (
     CiResult,
     DatadogBatchSnapshot,
     Notice,
+    Reason,
     ResultCounts,
     ResultState,
     ResultTransition,
@@ -14,7 +15,8 @@ from batchscope.model import (
     State,
     is_terminal,
 )
-from batchscope.tracker import rules
+from batchscope.tracker import diagnosis, rules
+from batchscope.tracker.links import DatadogLinks
 from batchscope.tracker.records import Outcome, RecordBook, ResultSlot, TrackedBatch
 
 #: Results of one batch followed one by one; a batch listing more (a broken or hostile
@@ -50,6 +52,13 @@ def _latest_attempts(results: tuple[CiResult, ...]) -> dict[str, CiResult]:
         if known is None or _attempt(result) >= _attempt(known):
             latest[lineage] = result
     return latest
+
+
+def _only_non_blocking_failures(rec: TrackedBatch) -> bool:
+    """Whether every failing result of the batch is non-blocking (and there is one)."""
+    failing = [s.latest for s in rec.results.values()
+               if s.state is ResultState.FAILED and s.latest is not None]
+    return bool(failing) and all(diagnosis.is_non_blocking(r) for r in failing)
 
 
 def _attempt(result: CiResult) -> tuple[int, int]:
@@ -113,8 +122,24 @@ class DatadogTracker(RecordBook):
             # A batch never seen before has no previous state to keep: it exists and is
             # not known to be finished, so it is in progress.
             state = rec.state if rec.state is not State.NONE else State.IN_PROGRESS
+        if state is State.FAILED and _only_non_blocking_failures(rec):
+            # Failures of non-blocking tests are reported, but never fail the batch.
+            state = State.PASSED
         if changed:
             self.dirty.add(rec.key)
+        if state is not rec.state:
+            links = self.links.get((Source.DATADOG, target))
+            result_link = None
+            if isinstance(links, DatadogLinks):
+                dd_links = links
+
+                def result_link(r: CiResult) -> str | None:
+                    return dd_links.result(r.test_public_id, r.result_id,
+                                           batch_id=rec.batch_id, test_type=r.test_type)
+            reason, failure = diagnosis.datadog_diagnosis(
+                state, ((slot.state.value, slot.latest) for slot in rec.results.values()
+                        if slot.latest is not None), result_link)
+            self.diagnose(rec, reason, failure)
         duration = now - rec.first_seen if is_terminal(Source.DATADOG, state) else None
         self._transition(rec, state, now, out, duration=duration)
         return out
@@ -195,6 +220,7 @@ class DatadogTracker(RecordBook):
             rec.not_found_since = now
             self.dirty.add(rec.key)
         if now - rec.not_found_since > grace:
+            self.diagnose(rec, Reason.NO_HISTORY, None)
             self._transition(rec, State.VANISHED, now, out,
                              duration=now - rec.first_seen)
         return out

@@ -12,7 +12,8 @@ from batchscope.model import (
     Source,
     State,
 )
-from batchscope.tracker import rules
+from batchscope.tracker import diagnosis, rules
+from batchscope.tracker.diagnosis import LookupKind, LookupRequest
 from batchscope.tracker.records import Outcome, RecordBook, TrackedBatch
 
 #: How far back each history sweep looks before the newest end time it has already seen:
@@ -108,6 +109,7 @@ class EngineTracker(RecordBook):
             if rec.terminal:
                 continue  # ids are never reused; a late runtime row changes nothing
             rec.last_seen = now
+            failed_before = rec.jobs.failed if rec.jobs is not None else 0
             # Only real changes are persisted: rewriting 10,000 unchanged rows every poll
             # would cost megabytes of writes per cycle.
             if row.jobs != rec.jobs or (row.start_time is not None
@@ -119,6 +121,11 @@ class EngineTracker(RecordBook):
                     rec.start_time = row.start_time
                 self.dirty.add(rec.key)
             state = rules.engine_runtime_state(row, rec.progress_since, now, stall_after)
+            if state is not rec.state:
+                self._diagnose_runtime(rec, row, state, out)
+            elif state is State.FAILED and row.jobs.failed != failed_before:
+                # The failures changed while the batch stays failed: refresh the evidence.
+                out.lookups.append(LookupRequest.for_row(row, LookupKind.FAILED_JOBS))
             self._transition(rec, state, now, out)
         active = self.active.get((Source.ENGINE, target), {})
         out.missing.extend(
@@ -152,7 +159,19 @@ class EngineTracker(RecordBook):
         if not self._admit(rec, out):
             return
         state = rules.engine_runtime_state(row, now, now, stall_after)
+        self._diagnose_runtime(rec, row, state, out)
         self._transition(rec, state, now, out)
+
+    def _diagnose_runtime(self, rec: TrackedBatch, row: EngineBatchSnapshot, state: State,
+                          out: Outcome) -> None:
+        """What the row alone says of the state being entered, and the lookup that tells
+        more (failed jobs' messages; a stalled batch's seed and monitor jobs)."""
+        reason, failure = diagnosis.engine_diagnosis(state, row.jobs, None)
+        self.diagnose(rec, reason, failure)
+        if state is State.FAILED:
+            out.lookups.append(LookupRequest.for_row(row, LookupKind.FAILED_JOBS))
+        elif state is State.STALLED:
+            out.lookups.append(LookupRequest.for_row(row, LookupKind.STALL))
 
     def engine_resolve(
         self,
@@ -184,6 +203,7 @@ class EngineTracker(RecordBook):
             duration = max(0.0, now - (rec.start_time if rec.start_time is not None
                                        else rec.first_seen))
         rec.last_seen = now
+        self.diagnose(rec, diagnosis.engine_end_reason(state, record), None, finished=True)
         self._transition(rec, state, now, out, duration=duration)
         return out
 
@@ -233,10 +253,13 @@ class EngineTracker(RecordBook):
             )
             if not ended_after(hist, watermark):
                 if self._admit(rec, out, silent=True):
+                    self.diagnose(rec, diagnosis.engine_end_reason(end_state, hist), None,
+                                  finished=True)
                     self._set_state(rec, end_state, now)
                 continue
             if not self._admit(rec, out):
                 continue
+            self.diagnose(rec, diagnosis.engine_end_reason(end_state, hist), None, finished=True)
             duration = None if hist.end_time is None else max(0.0, hist.end_time - start)
             self._transition(rec, end_state, now, out, duration=duration)
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from batchscope.model import DatadogBatchSnapshot, EngineBatchSnapshot, EngineHistoryRecord
+from batchscope.tracker.diagnosis import Findings, LookupRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,14 @@ class HistorySwept:
 
 
 @dataclass(frozen=True, slots=True)
+class Diagnosed:
+    """What a diagnosis lookup found for a batch the core asked about."""
+
+    request: LookupRequest
+    findings: Findings
+
+
+@dataclass(frozen=True, slots=True)
 class CiBatchSeen:
     snapshot: DatadogBatchSnapshot
 
@@ -42,6 +51,6 @@ class CiBatchNotFound:
     batch_id: str
 
 
-EngineObservation = RuntimeListed | EndLookedUp | HistorySwept
+EngineObservation = RuntimeListed | EndLookedUp | HistorySwept | Diagnosed
 DatadogObservation = CiBatchSeen | CiBatchNotFound
 Observation = EngineObservation | DatadogObservation

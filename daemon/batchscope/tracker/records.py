@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from batchscope.model import (
     NO_DIAGNOSIS,
@@ -20,12 +21,15 @@ from batchscope.model import (
     Event,
     JobCounts,
     Notice,
+    Reason,
     ResultCounts,
     ResultState,
     Source,
     State,
     is_terminal,
 )
+from batchscope.tracker.diagnosis import LookupRequest
+from batchscope.tracker.links import DatadogLinks, EngineLinks, Links
 
 Key = tuple[Source, str, str]  # (source, target, batch_id)
 TargetKey = tuple[Source, str]  # (source, target)
@@ -81,11 +85,13 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     notices: list[Notice] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # engine: runtime rows that disappeared
+    lookups: list[LookupRequest] = field(default_factory=list)  # engine: diagnosis wanted
 
     def extend(self, other: Outcome) -> None:
         self.events.extend(other.events)
         self.notices.extend(other.notices)
         self.missing.extend(other.missing)
+        self.lookups.extend(other.lookups)
 
 
 @dataclass(slots=True)
@@ -108,6 +114,8 @@ class RecordBook:
         self.records: dict[Key, TrackedBatch] = {}
         self._per_source: Counter[Source] = Counter()
         self.version = 0  # changes whenever a record is added or forgotten
+        # Where each target's batches are shown upstream (set by the core from settings).
+        self.links: dict[TargetKey, Links] = {}
         # Non-terminal records per (source, target): what pollers iterate and what the
         # per-batch metric series show.
         self.active: dict[TargetKey, dict[str, TrackedBatch]] = {}
@@ -218,6 +226,7 @@ class RecordBook:
         self.records[rec.key] = rec
         self._per_source[rec.source] += 1
         self.version += 1
+        rec.diagnosis = Diagnosis(link=self.link(rec))
         self.counts[(rec.source, rec.target, rec.state)] += 1
         self._index(rec)
         self.dirty.add(rec.key)
@@ -239,6 +248,21 @@ class RecordBook:
         self.active.get((rec.source, rec.target), {}).pop(rec.batch_id, None)
         self.dirty.discard(key)
         self.forgotten.add(key)
+
+    def link(self, rec: TrackedBatch, *, finished: bool = False) -> str | None:
+        """The batch's page in its upstream's UI, when the target says where that is."""
+        links = self.links.get((rec.source, rec.target))
+        if isinstance(links, EngineLinks):
+            return links.batch(rec.batch_id, finished=finished)
+        if isinstance(links, DatadogLinks):
+            return links.batch(rec.batch_id)
+        return None
+
+    def diagnose(self, rec: TrackedBatch, reason: Reason | None,
+                 failure: dict[str, Any] | None, *, finished: bool = False) -> None:
+        """Set why the batch is in the state it is entering (link kept up to date)."""
+        rec.diagnosis = Diagnosis(reason, failure, self.link(rec, finished=finished))
+        self.dirty.add(rec.key)
 
     def _set_state(self, rec: TrackedBatch, state: State, now: float) -> None:
         if state is rec.state:
@@ -279,4 +303,5 @@ class RecordBook:
             duration_seconds=duration if rec.terminal else None,
             results=rec.result_counts if rec.source is Source.DATADOG else None,
             metadata=rec.metadata if rec.source is Source.DATADOG else None,
+            diagnosis=rec.diagnosis,
         ))
