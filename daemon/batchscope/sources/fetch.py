@@ -21,11 +21,10 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
+from batchscope.model import ErrorReason
 from batchscope.redaction import redact, shorten
 
-REASONS: Final = (
-    "timeout", "connection", "http_4xx", "http_5xx", "rate_limited", "auth", "invalid_response",
-)
+REASONS: Final = tuple(ErrorReason)
 
 #: The longest wait an upstream can impose (s), whatever its headers say: the poll
 #: backoff's cap. A bigger (or absurd) ``Retry-After``/``X-RateLimit-Reset`` is cut to it.
@@ -41,7 +40,7 @@ class PollError(Exception):
 
     def __init__(
         self,
-        reason: str,
+        reason: ErrorReason | str,
         detail: str,
         *,
         status: int | None = None,
@@ -50,6 +49,7 @@ class PollError(Exception):
         retry_after_capped_from: float | None = None,
     ) -> None:
         detail = redact(detail)  # whoever built it: no secret in a message, log or API
+        reason = ErrorReason(reason)  # one vocabulary: an unknown reason is a bug here
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -69,7 +69,7 @@ class NotFound(PollError):
     """
 
     def __init__(self, detail: str, body: Any = None) -> None:
-        super().__init__("http_4xx", detail, status=404)
+        super().__init__(ErrorReason.HTTP_4XX, detail, status=404)
         self.body = body
 
 
@@ -218,13 +218,14 @@ def _error_message(body: bytes) -> str:
 async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     declared = resp.content_length
     if declared is not None and declared > max_bytes:
-        raise PollError("invalid_response", f"response of {declared} bytes exceeds {max_bytes}")
+        raise PollError(ErrorReason.INVALID_RESPONSE,
+                        f"response of {declared} bytes exceeds {max_bytes}")
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(1 << 16):
         size += len(chunk)
         if size > max_bytes:
-            raise PollError("invalid_response", f"response exceeds {max_bytes} bytes")
+            raise PollError(ErrorReason.INVALID_RESPONSE, f"response exceeds {max_bytes} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -254,41 +255,41 @@ async def get_json(
     except PollError:
         raise
     except TimeoutError as exc:
-        raise PollError("timeout", f"no answer within {timeout:g}s") from exc
+        raise PollError(ErrorReason.TIMEOUT, f"no answer within {timeout:g}s") from exc
     except aiohttp.ClientPayloadError as exc:
-        raise PollError("invalid_response", f"truncated body: {exc}") from exc
+        raise PollError(ErrorReason.INVALID_RESPONSE, f"truncated body: {exc}") from exc
     except aiohttp.ClientResponseError as exc:
-        raise PollError("invalid_response", f"malformed response: {exc.message}") from exc
+        raise PollError(ErrorReason.INVALID_RESPONSE, f"malformed response: {exc.message}") from exc
     except (aiohttp.ClientError, OSError) as exc:
-        raise PollError("connection", f"{type(exc).__name__}: {exc}") from exc
+        raise PollError(ErrorReason.CONNECTION, f"{type(exc).__name__}: {exc}") from exc
 
     if status == 404:
         raise NotFound(_error_message(body) or "not found", _json_or_none(body))
     if status in (401, 403):
-        raise PollError("auth", f"HTTP {status} {_error_message(body)}".strip(), status=status)
+        raise PollError(ErrorReason.AUTH, f"HTTP {status} {_error_message(body)}".strip(),
+                        status=status)
     if status == 429:
         retry_after, capped_from = _capped(parse_retry_after(
             resp_headers.get("Retry-After"), date=resp_headers.get("Date")))
         if retry_after is None and rate_limit is not None:
             retry_after, capped_from = rate_limit.reset, rate_limit.capped_from
-        raise PollError(
-            "rate_limited", f"HTTP 429 {_error_message(body)}".strip(),
+        raise PollError(ErrorReason.RATE_LIMITED, f"HTTP 429 {_error_message(body)}".strip(),
             status=status, retry_after=retry_after, rate_limit=rate_limit,
             retry_after_capped_from=capped_from,
         )
     if 400 <= status < 500:
-        raise PollError("http_4xx", f"HTTP {status} {_error_message(body)}".strip(),
+        raise PollError(ErrorReason.HTTP_4XX, f"HTTP {status} {_error_message(body)}".strip(),
                         status=status)
     if status >= 500:
-        raise PollError("http_5xx", f"HTTP {status} {_error_message(body)}".strip(),
+        raise PollError(ErrorReason.HTTP_5XX, f"HTTP {status} {_error_message(body)}".strip(),
                         status=status)
     if status != 200:
-        raise PollError("invalid_response", f"unexpected HTTP {status}", status=status)
+        raise PollError(ErrorReason.INVALID_RESPONSE, f"unexpected HTTP {status}", status=status)
     if content_type not in ("application/json", "application/vnd.api+json"):
-        raise PollError("invalid_response", f"content type {content_type!r} is not JSON")
+        raise PollError(ErrorReason.INVALID_RESPONSE, f"content type {content_type!r} is not JSON")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise PollError("invalid_response", f"malformed JSON: {exc}") from exc
+        raise PollError(ErrorReason.INVALID_RESPONSE, f"malformed JSON: {exc}") from exc
     return Response(status=status, body=data, rate_limit=rate_limit,
                     server_time=parse_http_date(resp_headers.get("Date")))
