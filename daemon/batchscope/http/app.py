@@ -244,13 +244,14 @@ async def get_batch(request: web.Request) -> web.Response:
     if raw_source not in {s.value for s in Source}:
         return _error(400, f"unknown source {raw_source!r}; use engine or datadog")
     source = Source(raw_source)
-    known = [t.target for t in ports.targets.targets() if t.source is source]
-    if target not in known:
-        return _error(400, f"unknown {source.value} target {target!r}; configured: {known}")
     if not is_valid_batch_id(batch_id):
         return _error(400, f"batch_id must {BATCH_ID_RULE}")
     rec = ports.batches.get(source, target, batch_id)
     if rec is None:
+        known = [t.target for t in ports.targets.targets() if t.source is source]
+        if target not in known:
+            return _error(404, f"no {source.value} target {target!r} is configured "
+                               f"(configured: {known})")
         return _error(404, f"batch {batch_id!r} is not tracked on {source.value} target "
                            f"{target!r}")
     links = ports.targets.result_links(target) if source is Source.DATADOG else None
@@ -330,9 +331,15 @@ async def remove_datadog_batch(request: web.Request) -> web.Response:
     if not is_valid_batch_id(batch_id):
         return _error(400, f"batch_id must {BATCH_ID_RULE}")
     requested = request.query.get("target")
-    target = _datadog_target(watch_list.datadog_targets(), requested)
+    known = watch_list.datadog_targets()
+    target = _datadog_target(known, requested)
     if target is None:
-        return _error(400, f"unknown or ambiguous Datadog target {requested!r}")
+        if requested is None:
+            return _error(400, f"several Datadog targets are configured; name one of {known} "
+                               "with ?target=")
+        # Nothing by that name can be watched: as for any batch not watched, 404.
+        return _error(404, f"no Datadog target {requested!r} is configured "
+                           f"(configured: {known})")
     if not watch_list.unwatch(target, batch_id):
         return _error(404, f"batch {batch_id!r} is not watched on target {target!r}")
     return web.Response(status=204)

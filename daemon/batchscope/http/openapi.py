@@ -18,7 +18,6 @@ Schema = dict[str, Any]
 
 BATCH_ID_REGEX = r"^[A-Za-z0-9._:-]{1,128}$"
 TARGET_REGEX = r"^[A-Za-z0-9_.-]{1,64}$"
-INTEGER_REGEX = r"^-?[0-9]+$"
 
 
 def _ref(name: str) -> Schema:
@@ -220,11 +219,20 @@ def _schemas() -> dict[str, Schema]:
                       "ci_result.transition": "#/components/schemas/ResultTransitionEvent",
                   }}},
         "Target": target,
+        "StreamEvent": _closed({
+            "event": {"const": "message"},
+            "id": {"type": "string", "pattern": r"^[0-9]+$", "description": "The seq"},
+            "data": {"type": "string", "contentMediaType": "application/json",
+                     "contentSchema": _ref("Event"),
+                     "description": "One Event object as JSON, on one line"},
+            "retry": {"type": "integer"},
+        }, ["event", "id", "data"], "One Server-Sent Event of the stream"),
         "WatchRequest": _closed({
             "batch_id": {"type": "string", "pattern": BATCH_ID_REGEX,
                          "not": {"enum": [".", ".."]}},
-            "target": {"type": "string", "description": "A configured [[datadog]] target; "
-                                                        "may be left out when there is one"},
+            "target": {"type": ["string", "null"],
+                       "description": "A configured [[datadog]] target; may be left out (or "
+                                      "null) when there is only one"},
         }, ["batch_id"]),
     }
 
@@ -296,8 +304,8 @@ def _paths() -> dict[str, Schema]:
             ],
             "responses": {
                 "200": _ok("The batch", _ref("BatchDetail")),
-                "400": _error("Unknown source or target, or an id that cannot be one"),
-                "404": _error("The batch is not tracked"),
+                "400": _error("An unknown source, or an id that cannot be one"),
+                "404": _error("The batch is not tracked (or no such target is configured)"),
             },
         }},
         "/api/v1/events": {"get": {
@@ -331,14 +339,16 @@ def _paths() -> dict[str, Schema]:
                                    "maximum": 86400},
                        "End the stream after this many seconds"),
                 {"name": "Last-Event-ID", "in": "header", "required": False,
-                 "schema": {"type": "string", "pattern": INTEGER_REGEX},
-                 "description": "The last seq received; wins over `after`"},
+                 "schema": {"type": "string", "pattern": r"^(-?[0-9]+)?$"},
+                 "description": "The last seq received; wins over `after` (empty: as if "
+                                "absent)"},
             ],
             "responses": {
                 "200": {"description": "An endless event stream",
                         "content": {"text/event-stream": {
-                            "schema": {"type": "string"},
-                            "x-data-schema": _ref("Event"),
+                            # As OpenAPI 3.1 tools read it, the schema of an event stream
+                            # describes each event (3.2 names this itemSchema).
+                            "schema": _ref("StreamEvent"),
                         }}},
                 "400": _BAD,
                 "503": _error("Too many streams open, or the daemon is stopping", {
@@ -379,14 +389,15 @@ def _paths() -> dict[str, Schema]:
             "security": [{"bearer": []}],
             "parameters": [
                 batch_id_path,
-                _query("target", _STR, "The [[datadog]] target; may be left out when there "
-                                       "is one"),
+                _query("target", {"type": "string", "pattern": TARGET_REGEX},
+                       "The [[datadog]] target; may be left out when there is only one"),
             ],
             "responses": {
                 "204": {"description": "No longer watched"},
-                "400": _error("A bad id, or an unknown or ambiguous target"),
+                "400": _error("A bad id, or no target named while several are configured"),
                 **_AUTH,
-                "404": _error("The batch is not watched on that target"),
+                "404": _error("The batch is not watched on that target (or no such target "
+                              "is configured)"),
             },
         }},
     }
