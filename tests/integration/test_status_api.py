@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from batchscope.http.app import CONTENT_SECURITY_POLICY
-from batchscope.model import Source
+from batchscope.model import BatchTransition, Source, State
 from harness import Stack, running_stack
 from helpers import LogLines, eventually, wait_until
 from openapi_kit import OpenApiChecker
@@ -204,6 +204,29 @@ async def test_event_stream_is_live_and_resumable(logs: LogLines,
         async with open_stream(stack, f"?after={seq}") as sse:
             msg = await sse.message()
             assert int(msg["id"]) == seq + 1
+
+
+async def test_stream_delivers_an_event_at_once(logs: LogLines) -> None:
+    """The stream's own delay: an event handed to the daemon's event buffer reaches an open
+    stream without any polling in between (median and worst of 20 are printed)."""
+    async with running_stack() as stack:
+        async with open_stream(stack, f"?after={stack.daemon.core.seq}") as sse:
+            delays = []
+            for i in range(20):
+                seq = 10_000 + i
+                event = BatchTransition(seq=seq, time=time.time(), source=Source.ENGINE,
+                                        target="prod", batch_id=f"probe-{i}",
+                                        batch_type="probe", from_state=State.NONE,
+                                        to_state=State.IN_PROGRESS)
+                started = time.perf_counter()
+                stack.daemon.events.extend([event])
+                msg = await sse.message()
+                delays.append(time.perf_counter() - started)
+                assert int(msg["id"]) == seq
+        delays.sort()
+        print(f"SSE: buffer to client median {delays[10] * 1000:.1f} ms, "
+              f"worst {delays[-1] * 1000:.1f} ms")
+        assert delays[10] < 0.1
 
 
 async def test_stream_ahead_of_the_daemon_starts_over(logs: LogLines) -> None:

@@ -5,6 +5,7 @@ its schema."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -343,3 +344,22 @@ async def test_page_assets_are_served_with_etags(name: str) -> None:
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
         again = await c.get(f"/static/{name}", headers={"If-None-Match": etag})
         assert again.status == 304
+
+
+async def test_an_idle_stream_sends_keep_alive_comments() -> None:
+    """With no events, the stream writes comment lines every heartbeat (proxies keep it
+    open) and no data; an event added later arrives as its message."""
+    ports = Ports()
+    async with client(ports) as c:  # heartbeat 0.05 s
+        resp = await c.get("/api/v1/events/stream")
+        seen = b""
+        async with asyncio.timeout(5):
+            while seen.count(b": keep-alive\n\n") < 3:
+                seen += await resp.content.readline()
+        assert b"data:" not in seen
+        sample_events(ports.events)
+        async with asyncio.timeout(5):
+            while seen.count(b"data: {") < 3:
+                seen += await resp.content.readline()
+        assert [int(n) for n in re.findall(rb"^id: (\d+)$", seen, re.MULTILINE)] == [1, 2, 3]
+        resp.close()
