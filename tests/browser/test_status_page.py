@@ -113,6 +113,43 @@ async def test_batches_appear_and_change_state_without_a_reload(
         await browser.screenshot("status-page.png")
 
 
+async def test_details_show_failure_messages_and_ci_results(browser: Browser,
+                                                            logs: LogLines) -> None:
+    """'details' under a failed engine batch lists its distinct failure messages with
+    counts; under a CI batch, one line per result; a screenshot is saved."""
+    async with stack_with_links() as stack:
+        ids = await populate(stack)
+        await browser.get(stack.base + "/")
+        failing = engine_key(ids["failing"])
+        await browser.until(row_state(failing, "failed"))
+        await browser.until(lambda d: d.execute_script(
+            "const tr = document.querySelector('tr[data-key=\"' + CSS.escape(arguments[0]) "
+            "+ '\"]'); return tr.querySelector('.message').textContent", failing),
+            what="the first failure message in the row")
+        await open_details(browser, failing)
+        detail = await browser.until(lambda d: d.execute_script(
+            "const row = document.querySelector('tr.detail[data-for=\"' + "
+            "CSS.escape(arguments[0]) + '\"]'); const li = row && row.querySelector("
+            "'.messages li'); return li && [li.querySelector('.count').textContent, "
+            "li.querySelector('.msg').textContent]", failing), what="the failure messages")
+        assert detail[0] == "\u00d73" and "Unknown property" in detail[1]
+
+        ci = f"datadog/ci/{ids['ci']}"
+        await open_details(browser, ci)
+        results = await browser.until(lambda d: d.execute_script(
+            "const row = document.querySelector('tr.detail[data-for=\"' + "
+            "CSS.escape(arguments[0]) + '\"]'); return row && row.querySelectorAll("
+            "'.results tbody tr').length", ci), what="the CI results")
+        assert results == len(stack.datadog.batch(ids["ci"]).results)
+        await browser.screenshot("status-page-details.png")
+
+
+async def open_details(browser: Browser, key: str) -> None:
+    await browser.js(
+        "document.querySelector('tr[data-key=\"' + CSS.escape(arguments[0]) + '\"] "
+        ".details-toggle').click()", key)
+
+
 async def test_progress_updates_without_a_transition(browser: Browser,
                                                      logs: LogLines) -> None:
     """Job progress is not an event: the page re-reads the visible rows and the bar moves."""
@@ -183,6 +220,11 @@ async def test_hostile_upstream_strings_render_as_text(browser: Browser,
             "return Array.from(document.querySelectorAll('#events .e-what'))"
             ".some(e => e.textContent === arguments[0])", HOSTILE_TYPE),
             what="the hostile type in the events list, as text")
+        await open_details(browser, engine_key(batch))
+        message = await browser.until(lambda d: d.execute_script(
+            "const m = document.querySelector('tr.detail .msg'); return m && m.textContent"),
+            what="the hostile message in the details")
+        assert message.startswith(HOSTILE_MESSAGE)
         made = await browser.js(
             "return document.querySelectorAll('main img, main script, main b').length")
         assert made == 0, "an element was built from upstream text"

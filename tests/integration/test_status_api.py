@@ -281,3 +281,17 @@ async def test_page_and_api_carry_the_security_headers(logs: LogLines) -> None:
         # Everything the page loads is its own: every src and href is a local path.
         assert [u for u in re.findall(r'(?:src|href)="([^"]*)"', page)
                 if not u.startswith("/") or u.startswith("//")] == []
+
+
+def test_the_page_script_never_turns_text_into_html() -> None:
+    """Besides the browser test's hostile batch: the script has no HTML-parsing sink at
+    all (only its header comment names them), so no upstream string can become markup."""
+    from importlib import resources
+
+    script = (resources.files("batchscope.http") / "static" / "app.js").read_text()
+    code = "\n".join(line for line in script.splitlines()
+                     if not line.lstrip().startswith("//"))
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
+                 "new Function", "setTimeout(\"", "DOMParser", "createContextualFragment"):
+        assert sink not in code, sink
+    assert "textContent" in code

@@ -313,6 +313,12 @@
     const id = el("span", { class: "batch-id" });
     const type = el("span", { class: "batch-type" });
     const where = el("span", { class: "where" });
+    const more = el("button", { type: "button", class: "details-toggle link-button",
+      "aria-expanded": "false", text: "details" });
+    more.addEventListener("click", () => toggleDetail(tr));
+    where.append(" · ", more);
+    const whereText = el("span");
+    where.prepend(whereText);
     tr.cells_.batch.append(type, id, where);
     const bar = el("progress", { max: "100", value: "0" });
     const ptext = el("span", { class: "ptext" });
@@ -320,7 +326,7 @@
     const reason = el("span", { class: "reason" });
     const msg = el("span", { class: "message" });
     tr.cells_.why.append(reason, msg);
-    tr.parts_ = { id, type, where, bar, ptext, reason, msg };
+    tr.parts_ = { id, type, where: whereText, bar, ptext, reason, msg, more };
     for (const td of Object.values(tr.cells_)) tr.appendChild(td);
     return tr;
   }
@@ -351,6 +357,7 @@
     const failed = failedCount(b);
     setText(tr.cells_.failed, failed === null ? "" : String(failed));
     tr.cells_.failed.classList.toggle("bad", Boolean(failed));
+    tr.cells_.failed.classList.toggle("none", failed === 0);
     setText(p.reason, b.reason ? b.reason.replace(/_/g, " ") : "");
     p.reason.hidden = !b.reason;
     setText(p.msg, b.message || "");
@@ -393,10 +400,15 @@
       }
       updateRow(tr, b);
       frag.appendChild(tr);
+      if (tr.detail_) {
+        frag.appendChild(tr.detail_);
+        loadDetail(tr);
+      }
     }
     for (const [key, tr] of rowByKey) {
       if (!seen.has(key)) {
         tr.remove();
+        if (tr.detail_) tr.detail_.remove();
         rowByKey.delete(key);
       }
     }
@@ -494,6 +506,96 @@
     for (const name of names) targetSelect.appendChild(el("option", { value: name, text: name }));
     ensureOption(targetSelect, current);
     targetSelect.value = current;
+  }
+
+  // ------------------------------------------------------------------ batch detail
+
+  function toggleDetail(tr) {
+    if (tr.detail_) {
+      tr.detail_.remove();
+      tr.detail_ = null;
+      tr.parts_.more.setAttribute("aria-expanded", "false");
+      setText(tr.parts_.more, "details");
+      return;
+    }
+    const td = el("td", { colspan: "7", class: "detail-cell" }, [
+      el("p", { class: "muted", text: "loading…" })]);
+    tr.detail_ = el("tr", { class: "detail", data: { for: tr.dataset.key } }, [td]);
+    tr.after(tr.detail_);
+    tr.parts_.more.setAttribute("aria-expanded", "true");
+    setText(tr.parts_.more, "hide details");
+    loadDetail(tr);
+  }
+
+  async function loadDetail(tr) {
+    const detailRow = tr.detail_;
+    if (!detailRow) return;
+    const [source, target, ...rest] = tr.dataset.key.split("/");
+    const url = "/api/v1/batches/" + [source, target, rest.join("/")]
+      .map(encodeURIComponent).join("/");
+    let content;
+    try {
+      content = renderDetail((await getJson(url)).body);
+    } catch (e) {
+      content = el("p", { class: "muted", text: "no longer tracked (" + e.message + ")" });
+    }
+    if (tr.detail_ === detailRow) detailRow.firstChild.replaceChildren(content);
+  }
+
+  function renderDetail(d) {
+    const box = el("div", { class: "detail-box" });
+    const failure = d.failure || {};
+    if (Array.isArray(failure.messages) && failure.messages.length) {
+      box.appendChild(el("h3", { text: "Failure messages (" + failure.messages.length +
+        " distinct among " + failure.sampled + " failed jobs read)" }));
+      const ul = el("ul", { class: "messages" });
+      for (const m of failure.messages) {
+        const ids = [];
+        if (m.process_instance_ids && m.process_instance_ids.length) {
+          ids.push("process instances: " + m.process_instance_ids.join(", "));
+        }
+        if (m.activity_ids && m.activity_ids.length) {
+          ids.push("activities: " + m.activity_ids.join(", "));
+        }
+        if (m.job_ids && m.job_ids.length) ids.push("jobs: " + m.job_ids.join(", "));
+        ul.appendChild(el("li", null, [
+          el("span", { class: "count", text: "×" + m.count }),
+          el("pre", { class: "msg", text: m.message || "(no message)" }),
+          ids.length ? el("span", { class: "ids", text: ids.join(" · ") }) : null,
+        ]));
+      }
+      box.appendChild(ul);
+    }
+    if (Array.isArray(d.results)) {
+      box.appendChild(el("h3", { text: "Results (" + d.results.length + ")" }));
+      const table = el("table", { class: "results" });
+      table.appendChild(el("thead", null, [el("tr", null, ["State", "Test", "Location",
+        "Device", "Rule", "Retries", "Duration", ""].map((h) => el("th", { text: h })))]));
+      const body = el("tbody");
+      for (const r of d.results) {
+        const href = safeUrl(r.link);
+        body.appendChild(el("tr", { data: { state: r.state } }, [
+          el("td", null, [stateBadge(r.state)]),
+          el("td", { text: (r.test_name || "") + " (" + (r.test_public_id || "?") + ")" }),
+          el("td", { text: r.location || "" }),
+          el("td", { text: r.device || "" }),
+          el("td", { text: r.execution_rule || "" }),
+          el("td", { class: "num", text: r.retries === null ? "" : String(r.retries) }),
+          el("td", { class: "num", text: typeof r.duration_ms === "number"
+            ? (r.duration_ms / 1000).toFixed(1) + " s" : "" }),
+          el("td", null, [href ? el("a", { href: href, target: "_blank",
+            rel: "noopener noreferrer", text: "open ↗" }) : null]),
+        ]));
+      }
+      table.appendChild(body);
+      box.appendChild(el("div", { class: "results-wrap" }, [table]));
+    }
+    if (!box.children.length) {
+      box.appendChild(el("p", { class: "muted", text: d.reason
+        ? "Reason: " + d.reason.replace(/_/g, " ") + " (no further evidence)"
+        : "Nothing wrong is known about this batch." }));
+    }
+    return box;
   }
 
   // ------------------------------------------------------------------ events (SSE)
