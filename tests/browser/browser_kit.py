@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -47,14 +48,15 @@ def require_chromium() -> None:
     pytest.skip(message)
 
 
-def new_driver(width: int = 1400, height: int = 1000) -> WebDriver:
+def new_driver(profile: str, width: int = 1400, height: int = 1000) -> WebDriver:
+    """Headless chromium with its profile in ``profile`` (a fresh directory)."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--no-first-run", "--disable-extensions", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--hide-scrollbars",
                 f"--window-size={width},{height}", "--lang=en-US",
-                f"--user-data-dir={tempfile.mkdtemp(prefix='batchscope-chromium-')}"):
+                f"--user-data-dir={profile}"):
         options.add_argument(arg)
     # Console messages (a CSP violation, an uncaught error) are read by the tests.
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -64,9 +66,9 @@ def new_driver(width: int = 1400, height: int = 1000) -> WebDriver:
 class Browser:
     """An async face on one WebDriver."""
 
-    def __init__(self, driver: WebDriver) -> None:
-        self.driver = driver
-        self.alerts: list[str] = []
+    def __init__(self) -> None:
+        self.profile = tempfile.mkdtemp(prefix="batchscope-chromium-")
+        self.driver = new_driver(self.profile)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(fn, *args)
@@ -99,5 +101,8 @@ class Browser:
         return list(await self.call(self.driver.get_log, "browser"))
 
     def close(self) -> None:
-        self.driver.quit()
+        try:
+            self.driver.quit()
+        finally:
+            shutil.rmtree(self.profile, ignore_errors=True)
 

@@ -6,14 +6,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from browser_kit import Browser, new_driver, require_chromium
+from browser_kit import Browser, require_chromium
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Headless Debian chromium (skipped without it outside CI; a failure in CI)."""
     require_chromium()
-    b = Browser(new_driver())
+    b = Browser()
     try:
         yield b
     finally:
