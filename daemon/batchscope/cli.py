@@ -10,16 +10,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from batchscope import __version__
 from batchscope.model import BATCH_ID_RULE, is_valid_batch_id
 from batchscope.settings import EX_CONFIG, Settings, SettingsError, load_settings, redacted_dict
+
+if TYPE_CHECKING:
+    from batchscope.runtime.reports import WaitReport
 
 EXIT_OK, EXIT_BAD_OUTCOME, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
@@ -66,13 +72,43 @@ def build_parser() -> argparse.ArgumentParser:
     _common(once)
     once.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    wait = sub.add_parser("wait", help="block until a batch is terminal")
-    _common(wait)
-    wait.add_argument("batch_id")
-    wait.add_argument("--source", choices=["engine", "datadog"], default="datadog")
-    wait.add_argument("--target", help="target name (default: the only one of that source)")
-    wait.add_argument("--timeout", type=float, default=3600.0, help="seconds (default 3600)")
+    _wait_parser(sub)
     return parser
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {value!r}")
+    return seconds
+
+
+def _wait_parser(sub: Any) -> None:
+    wait = sub.add_parser(
+        "wait", help="block until batches are terminal, or the engine is idle (CI gates)",
+        description="Block until every BATCH_ID is terminal (for CI and deploy pipelines). "
+                    "Progress on stderr (one line per change), final states on stdout "
+                    "(one line per batch: id and state). Exit 0 all passed or skipped; 1 one "
+                    "failed, was cancelled or vanished (Datadog non_blocking results never "
+                    "fail the gate); 2 usage; 3 timed out; 130 interrupted. With --idle: "
+                    "block until the engine has no runtime batch (of the --type types).")
+    _common(wait)
+    wait.add_argument("batch_ids", nargs="*", metavar="BATCH_ID")
+    wait.add_argument("--source", choices=["engine", "datadog"], default=None,
+                      help="datadog (default) or engine (the default with --idle)")
+    wait.add_argument("--target", help="target name (default: the only one of that source)")
+    wait.add_argument("--timeout", type=_seconds, default=3600.0, metavar="SECONDS",
+                      help="give up after this many seconds, exit 3 (default 3600)")
+    wait.add_argument("--idle", action="store_true",
+                      help="engine: wait until no runtime batch is left (an upgrade gate)")
+    wait.add_argument("--type", action="append", dest="types", default=[], metavar="TYPE",
+                      help="with --idle: only batches of this type (repeatable)")
+    wait.add_argument("--junit", metavar="PATH", help="write JUnit XML here")
+    wait.add_argument("--json", metavar="PATH", dest="json_path",
+                      help="write a JSON summary here")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,26 +235,147 @@ def cmd_once(args: argparse.Namespace) -> int:
     return EXIT_BAD_OUTCOME if failed else EXIT_OK
 
 
-def cmd_wait(args: argparse.Namespace) -> int:
-    from batchscope.runtime.oneshot import WaitTimeout, wait_for_batch
+def _wait_usage(args: argparse.Namespace) -> str | None:
+    """What is wrong with a ``wait`` command line, if anything (exit 2)."""
+    if args.idle:
+        if args.source == "datadog":
+            return "--idle is for --source engine (Datadog has no list of running batches)"
+        if args.batch_ids:
+            return "--idle waits for the whole engine: give no BATCH_ID"
+    elif args.types:
+        return "--type needs --idle"
+    elif not args.batch_ids:
+        return "give at least one BATCH_ID (or --source engine --idle)"
+    for batch_id in args.batch_ids:
+        if not is_valid_batch_id(batch_id):
+            return f"batch id must {BATCH_ID_RULE}: {batch_id!r}"
+    for path in (args.junit, args.json_path):
+        problem = _unwritable(path)
+        if problem:
+            return problem
+    return None
 
-    if not is_valid_batch_id(args.batch_id):
-        print(f"batchscope wait: batch id must {BATCH_ID_RULE}", file=sys.stderr)
+
+def _unwritable(path: str | None) -> str | None:
+    """Why a report could not be written to ``path``: said before waiting, not after."""
+    if path is None:
+        return None
+    target = Path(path)
+    if target.is_dir():
+        return f"{path} is a directory"
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create the directory of {path}: {exc.strerror or exc}"
+    if not os.access(parent, os.W_OK):
+        return f"cannot write to {parent}"
+    return None
+
+
+def _write(path: str, text: str) -> None:
+    """Whole or not at all: a reporter never reads half a file."""
+    from batchscope import redaction
+
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_text(redaction.redact(text, tail=False), encoding="utf-8")
+    os.replace(partial, target)
+
+
+def _write_reports(args: argparse.Namespace, report: WaitReport) -> bool:
+    """The --junit, --json and step-summary files; False when one could not be written."""
+    from batchscope import redaction
+    from batchscope.runtime import reports
+
+    ok = True
+    for path, render in ((args.junit, reports.junit_xml), (args.json_path, reports.json_summary)):
+        if path is None:
+            continue
+        try:
+            _write(path, render(report))
+        except OSError as exc:
+            print(f"batchscope wait: cannot write {path}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            ok = False
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        try:
+            with open(summary, "a", encoding="utf-8") as out:
+                out.write(redaction.redact(reports.markdown_summary(report), tail=False))
+        except OSError as exc:  # cosmetic: the gate's answer does not depend on it
+            print(f"batchscope wait: cannot append to $GITHUB_STEP_SUMMARY ({summary}): "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+    return ok
+
+
+def _print_outcome(report: WaitReport) -> None:
+    """Final states on stdout, one line per batch; a one-line verdict on stderr."""
+    from batchscope.runtime import reports
+
+    if report.idle is not None:
+        if report.idle.idle:
+            print("idle")
+        for b in report.batches if not report.idle.idle else ():
+            print(f"{b.batch_id} {b.state}")
+    else:
+        for b in report.batches:
+            print(f"{b.batch_id} {reports.shown_state(b)}")
+    sys.stdout.flush()
+    result = reports.outcome(report)
+    verdicts = [reports.verdict(b) for b in report.batches]
+    if report.idle is not None:
+        line = ("idle" if report.idle.idle else
+                f"timed out after {report.timeout_seconds:g} s: not idle "
+                f"({reports.left_text(report.idle)})")
+    else:
+        counts = ", ".join(f"{verdicts.count(v)} {v}" for v in ("passed", "failed", "pending")
+                           if verdicts.count(v))
+        line = {"passed": "passed", "failed": "failed",
+                "timed_out": f"timed out after {report.timeout_seconds:g} s"}[result]
+        line += f" ({counts})"
+        pending = [f"{b.batch_id} still {b.state}" for b in report.batches
+                   if reports.verdict(b) == "pending"]
+        if pending:
+            line += ": " + ", ".join(pending)
+        nb = sum(len(reports.non_blocking_failures(b)) for b in report.batches)
+        if nb:
+            line += f"; {nb} non_blocking result failures reported, not failing the gate"
+    print(f"batchscope wait: {line}", file=sys.stderr)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    from batchscope.runtime import reports
+    from batchscope.runtime.oneshot import Progress, wait_for_batches, wait_until_idle
+
+    problem = _wait_usage(args)
+    if problem is not None:
+        print(f"batchscope wait: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    settings = _load(args, {"state_path": ":memory:"})
+    # Progress lines replace the transition log lines; warnings (an upstream down, an
+    # unknown status) are still logged unless --log-level asks for more or less.
+    quiet = {} if args.log_level else {"log_level": "warning"}
+    settings = _load(args, {"state_path": ":memory:", **quiet})
     _setup_logging(settings, to_stderr=True)
     deadline = time.monotonic() + args.timeout
+    progress = Progress(sys.stderr)
     try:
-        state = asyncio.run(wait_for_batch(settings, args.source, args.target, args.batch_id,
-                                           deadline))
-    except WaitTimeout as exc:
-        print(f"timed out: {exc}", file=sys.stderr)
-        return EXIT_TIMEOUT
+        if args.idle:
+            report = asyncio.run(wait_until_idle(
+                settings, args.target, args.types, deadline, timeout_seconds=args.timeout,
+                progress=progress))
+        else:
+            report = asyncio.run(wait_for_batches(
+                settings, args.source or "datadog", args.target,
+                list(dict.fromkeys(args.batch_ids)), deadline,
+                timeout_seconds=args.timeout, progress=progress))
     except LookupError as exc:
         print(f"batchscope wait: {exc.args[0]}", file=sys.stderr)
         return EXIT_USAGE
-    print(state)
-    return EXIT_OK if state in ("passed", "skipped") else EXIT_BAD_OUTCOME
+    _print_outcome(report)
+    if not _write_reports(args, report):
+        return EXIT_USAGE
+    return reports.exit_code(report)
 
 
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "check-config": cmd_check_config,

@@ -3,36 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import time
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TextIO
 
 import aiohttp
 
-from batchscope.http.views import batch_view
-from batchscope.model import Source, State, is_terminal
+from batchscope import redaction
+from batchscope.http.views import batch_detail, batch_view
+from batchscope.model import (
+    BatchTransition,
+    EngineBatchSnapshot,
+    Event,
+    ResultState,
+    ResultTransition,
+    Source,
+    State,
+)
 from batchscope.runtime import compose
 from batchscope.runtime.compose import TargetSettings
-from batchscope.runtime.pollers import EnginePoller, TargetPoller
+from batchscope.runtime.pollers import DatadogPoller, EnginePoller, Publish, TargetPoller
 from batchscope.runtime.publisher import Publisher
-from batchscope.settings import DatadogTarget, Settings
+from batchscope.runtime.reports import UNKNOWN, IdleCheck, WaitedBatch, WaitReport
+from batchscope.settings import DatadogTarget, EngineTarget, Settings
 from batchscope.sinks.logs import EventLog
+from batchscope.sources.engine import EngineClient
+from batchscope.sources.engine_json import BadRow, parse_statistics_row
 from batchscope.sources.fetch import PollError
-from batchscope.tracker import Core
-from batchscope.tracker.rules import engine_end_state
+from batchscope.tracker import Core, Outcome, TrackedBatch
+from batchscope.tracker.links import DatadogLinks, EngineLinks
+from batchscope.tracker.observations import EndLookedUp, HistorySwept, RuntimeListed
+from batchscope.tracker.rules import engine_end_state, engine_runtime_state
 
-
-class WaitTimeout(Exception):
-    pass
+#: Runtime batches listed per type and poll by ``wait --idle`` (the rest are counted).
+IDLE_SAMPLE: Final = 20
 
 
 class OneShot:
     """A core, log-only publishing and pollers for some targets: no state file, no HTTP."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, publish: Publish | None = None) -> None:
         self.settings = settings
         self.core: Core = compose.new_core(settings)
         self.log = EventLog()
-        self.publish = Publisher(self.log)
+        self.publish: Publish = publish if publish is not None else Publisher(self.log)
         self._sessions: list[aiohttp.ClientSession] = []
 
     def start(self, targets: list[TargetSettings]) -> list[TargetPoller]:
@@ -40,7 +57,7 @@ class OneShot:
                                          time.time()))
         pollers = []
         for t in targets:
-            session = aiohttp.ClientSession()
+            session = compose.new_session(t)
             self._sessions.append(session)
             pollers.append(compose.make_poller(
                 t, settings=self.settings, core=self.core, publish=self.publish,
@@ -73,7 +90,7 @@ async def poll_once(settings: Settings) -> tuple[list[dict[str, Any]], bool]:
         await shot.close()
 
 
-def _pick(targets: list[Any], name: str | None, source: str) -> Any:
+def _pick(targets: Sequence[Any], name: str | None, source: str) -> Any:
     if name is None:
         if len(targets) != 1:
             raise LookupError(f"name a --target: {len(targets)} {source} targets are configured")
@@ -84,13 +101,306 @@ def _pick(targets: list[Any], name: str | None, source: str) -> Any:
     raise LookupError(f"no {source} target named {name!r}")
 
 
-async def wait_for_batch(
-    settings: Settings, source: str, target: str | None, batch_id: str, deadline: float
-) -> str:
-    """Poll until the batch is terminal; returns its final state.
+# --------------------------------------------------------------------------- progress
 
-    ``deadline`` (``time.monotonic()``) bounds everything, slow or stuck upstream
-    requests and their retries included: a CI gate answers on time.
+# C0/C1 controls (ANSI escapes among them) in upstream text must not reach a terminal.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+class Progress:
+    """``wait``'s progress lines on stderr: one per change, never one per poll.
+
+    A line is written when a batch's state, reason or (engine) tenth of completed jobs
+    changes, when a CI result finishes or is retried, when the upstream fails or recovers.
+    Upstream text is stripped of control characters and registered secrets.
+    """
+
+    def __init__(self, stream: TextIO | None, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self._stream = stream
+        self._clock = clock
+        self._started = clock()
+        self._shown: dict[tuple[str, str], tuple[object, ...]] = {}
+
+    def line(self, text: str) -> None:
+        if self._stream is None:
+            return
+        text = redaction.redact(_CONTROLS.sub(" ", text), tail=False)
+        self._stream.write(f"[{self._clock() - self._started:7.1f}s] {text}\n")
+        self._stream.flush()
+
+    def changed(self, key: tuple[str, str], value: tuple[object, ...]) -> bool:
+        """Whether ``value`` differs from what was shown for ``key`` (and remember it)."""
+        if self._shown.get(key) == value:
+            return False
+        self._shown[key] = value
+        return True
+
+
+def _describe(rec: TrackedBatch) -> tuple[tuple[object, ...], str]:
+    """A batch's progress key (what counts as a change) and its line."""
+    reason = None if rec.diagnosis.reason is None else rec.diagnosis.reason.value
+    text = UNKNOWN if rec.state is State.NONE else rec.state.value
+    decile: int | None = None
+    if rec.jobs is not None:
+        j = rec.jobs
+        decile = (10 * j.completed // j.total) if j.total else None
+        text += f" ({j.completed}/{j.total} jobs, {j.failed} failed)"
+    elif rec.result_counts is not None:
+        c = rec.result_counts
+        text += (f" (results: {c.passed} passed, {c.failed} failed, "
+                 f"{c.in_progress} running)")
+    missing = (rec.source is Source.DATADOG and rec.not_found_since is not None
+               and not rec.terminal)
+    if missing:
+        text += " — not found (Datadog answers 404), vanished if it lasts"
+    if reason is not None:
+        text += f" reason={reason}"
+    return (rec.state, reason, decile, missing), text
+
+
+def _result_line(event: ResultTransition, links: DatadogLinks | None) -> str | None:
+    """A CI result's change worth a line: it finished, or a new attempt started."""
+    r = event.result
+    where = ", ".join(x for x in (r.location, r.device) if x)
+    name = r.test_name or r.test_public_id
+    label = f"{name} [{where}]" if where else name
+    if event.to_state is ResultState.IN_PROGRESS:
+        if event.from_state is ResultState.NONE:
+            return None  # the first sighting of a running result is no news
+        what = f"retrying (attempt {(r.retries or 0) + 1})"
+    else:
+        what = event.to_state.value
+        if r.timed_out:
+            what += " (timed out)"
+    if r.execution_rule and r.execution_rule != "blocking":
+        what += f" ({r.execution_rule})"
+    line = f"{event.target} {event.batch_id}: result {what}: {label}"
+    if event.to_state is ResultState.FAILED and links is not None:
+        link = links.result(r.test_public_id, r.result_id, batch_id=event.batch_id,
+                            test_type=r.test_type)
+        if link:
+            line += f" {link}"
+    return line
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+@dataclass(slots=True)
+class _Health:
+    """The upstream's health as ``wait`` reports it: once per change, like the daemon."""
+
+    shot: OneShot
+    poller: TargetPoller
+    progress: Progress
+    down: str | None = None
+
+    def failed(self, error: PollError) -> None:
+        if error.reason == self.down:
+            return
+        self.down = error.reason
+        self.shot.target_down(self.poller, error)
+        self.progress.line(f"{self.poller.source.value}/{self.poller.name}: upstream error "
+                           f"({error.reason}): {error}; still trying")
+
+    def ok(self) -> None:
+        if self.down is None:
+            return
+        self.down = None
+        self.shot.log.target_up(self.poller.source.value, self.poller.name)
+        self.progress.line(f"{self.poller.source.value}/{self.poller.name}: upstream "
+                           "answers again")
+
+
+@dataclass(slots=True)
+class _Waiter:
+    """The state of one ``wait`` over some batch ids of one target."""
+
+    source: Source
+    target: TargetSettings
+    batch_ids: list[str]
+    progress: Progress
+    core: Core | None = None
+    #: Engine ids the engine has neither running nor in history: ended, decided by the rule.
+    unrecorded: dict[str, State] = field(default_factory=dict)
+    durations: dict[str, float] = field(default_factory=dict)
+    log: EventLog = field(default_factory=EventLog)
+
+    @property
+    def links(self) -> DatadogLinks | None:
+        if isinstance(self.target, DatadogTarget):
+            return DatadogLinks(self.target.app_base_url)
+        return None
+
+    def publish(self, outcome: Outcome) -> None:
+        """Events become progress lines (and durations); notices stay log lines."""
+        self._events(outcome.events)
+        if outcome.notices:
+            self.log.notices(outcome.notices)
+
+    def _events(self, events: Iterable[Event]) -> None:
+        wanted = set(self.batch_ids)
+        for event in events:
+            if event.batch_id not in wanted:
+                continue
+            if isinstance(event, BatchTransition):
+                if event.duration_seconds is not None:
+                    self.durations[event.batch_id] = event.duration_seconds
+            elif isinstance(event, ResultTransition):
+                line = _result_line(event, self.links)
+                if line is not None:
+                    self.progress.line(f"{self.source.value}/{line}")
+
+    def record(self, batch_id: str) -> TrackedBatch | None:
+        assert self.core is not None
+        return self.core.get(self.source, self.target.name, batch_id)
+
+    def done(self, batch_id: str) -> bool:
+        rec = self.record(batch_id)
+        return batch_id in self.unrecorded or (rec is not None and rec.terminal)
+
+    def pending(self) -> list[str]:
+        return [b for b in self.batch_ids if not self.done(b)]
+
+    def show(self) -> None:
+        """One line for each batch whose state (or progress step) changed."""
+        for batch_id in self.batch_ids:
+            rec = self.record(batch_id)
+            if rec is not None and (rec.state is not State.NONE
+                                    or rec.not_found_since is not None):
+                key, text = _describe(rec)
+                if rec.terminal and rec.state not in (State.PASSED, State.SKIPPED):
+                    link = rec.diagnosis.link or self._fallback_link(batch_id, finished=True)
+                    text += f" {link}" if link else ""
+            elif batch_id in self.unrecorded:
+                state = self.unrecorded[batch_id]
+                key = (state,)
+                text = f"{state.value} (the engine has it neither running nor in its history)"
+            else:
+                continue
+            if self.progress.changed((self.source.value, batch_id), key):
+                self.progress.line(f"{self.source.value}/{self.target.name} {batch_id}: "
+                                   f"{text}")
+
+    def waited(self, batch_id: str) -> WaitedBatch:
+        """What the reports say of one batch at the end."""
+        rec = self.record(batch_id)
+        name = self.target.name
+        if rec is None or rec.state is State.NONE:  # never seen (a watched id is NONE)
+            state = self.unrecorded.get(batch_id)
+            return WaitedBatch(
+                source=self.source.value, target=name, batch_id=batch_id,
+                state=UNKNOWN if state is None else state.value, terminal=state is not None,
+                batch_type=None if rec is None else rec.batch_type,
+                reason="no_history" if state is State.VANISHED else None,
+                link=self._fallback_link(batch_id, finished=state is not None))
+        detail = batch_detail(rec, self.links)
+        return WaitedBatch(
+            source=self.source.value, target=name, batch_id=batch_id,
+            state=rec.state.value, terminal=rec.terminal, batch_type=rec.batch_type,
+            reason=detail["reason"], failure=detail["failure"],
+            link=detail["link"] or self._fallback_link(batch_id, finished=rec.terminal),
+            counts=detail["counts"], results=tuple(detail.get("results", ())),
+            started_at=rec.start_time if rec.start_time is not None else rec.first_seen,
+            duration_seconds=self.durations.get(batch_id))
+
+    def _fallback_link(self, batch_id: str, *, finished: bool) -> str | None:
+        """The upstream UI's page when the diagnosis gave none (or has not run)."""
+        if isinstance(self.target, DatadogTarget):
+            return DatadogLinks(self.target.app_base_url).batch(batch_id)
+        if self.target.cockpit_url is not None:
+            return EngineLinks(self.target.cockpit_url).batch(batch_id, finished=finished)
+        return None
+
+
+async def _gather_raising(tasks: Iterable[Any]) -> list[Any]:
+    """All of them run to the end; then the first failure is raised."""
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+async def _engine_cycle(waiter: _Waiter, poller: EnginePoller) -> None:
+    """One look at the engine, for the waited-on batches only.
+
+    ``GET /batch/statistics?batchId=ID&maxResults=1`` per batch still running (never a
+    listing of every batch); a batch that left the runtime list (or was never in it) is
+    asked about with ``GET /history/batch/{id}`` and, when it ended, the delete evidence.
+    The core decides the states, with the one end-of-batch rule.
+    """
+    client, core, key, clock = poller.client, poller.core, poller.key, poller.clock
+    pending = waiter.pending()
+    pages = await _gather_raising(
+        client.fetch("/batch/statistics", {"batchId": b, "maxResults": "1"}) for b in pending)
+    rows: list[EngineBatchSnapshot] = []
+    unreadable: set[str] = set()
+    server_time = pages[0].server_time if pages else None
+    for batch_id, page in zip(pending, pages, strict=True):
+        if not isinstance(page.body, list):
+            raise PollError("invalid_response", "/batch/statistics answered a "
+                            f"{type(page.body).__name__}, not a list")
+        for raw in page.body:
+            try:
+                row = parse_statistics_row(raw, [])
+            except BadRow:
+                unreadable.add(batch_id)  # listed, so still running; read again next time
+                continue
+            if row.batch_id == batch_id:
+                rows.append(row)
+    listed = core.apply(key, RuntimeListed(rows, server_time, frozenset(unreadable)), clock())
+    poller.publish(listed)
+    for batch_id in listed.missing:
+        record = await client.history_record(batch_id)
+        if record is not None:
+            record = await client.with_delete_evidence(record)
+        poller.publish(core.apply(key, EndLookedUp(batch_id, record), clock()))
+    seen = {r.batch_id for r in rows} | unreadable
+    for batch_id in pending:
+        if batch_id in seen or core.get(Source.ENGINE, poller.name, batch_id) is not None:
+            continue
+        await _never_listed(waiter, poller, client, batch_id)
+
+
+async def _never_listed(waiter: _Waiter, poller: EnginePoller, client: EngineClient,
+                        batch_id: str) -> None:
+    """A batch not in the runtime list when first asked: it ended before (or never was)."""
+    record = await client.history_record(batch_id)
+    if record is None:
+        state = engine_end_state(None, State.NONE)
+        if state is not None:
+            waiter.unrecorded[batch_id] = state
+        return
+    if not record.ended:
+        return  # between the runtime and the history tables: ask again next cycle
+    record = await client.with_delete_evidence(record)
+    if record.end_time is not None and record.start_time is not None:
+        waiter.durations[batch_id] = max(0.0, record.end_time - record.start_time)
+    # The core records it (with a transition when it ended after the wait started).
+    poller.publish(poller.core.apply(poller.key, HistorySwept([record]), poller.clock()))
+
+
+def _remaining_seconds(deadline: float) -> float:
+    return deadline - time.monotonic()
+
+
+async def wait_for_batches(
+    settings: Settings,
+    source: str,
+    target: str | None,
+    batch_ids: Sequence[str],
+    deadline: float,
+    *,
+    timeout_seconds: float,
+    progress: Progress | None = None,
+) -> WaitReport:
+    """Poll until every batch is terminal or ``deadline`` (``time.monotonic()``) passes;
+    the report says which (``timed_out``) and what is known of each batch.
+
+    ``deadline`` bounds everything, slow or stuck upstream requests and their retries
+    included: a CI gate answers on time. Raises LookupError for an unknown target.
     """
     src = Source(source)
     chosen: TargetSettings
@@ -98,40 +408,156 @@ async def wait_for_batch(
         chosen = _pick(settings.engines, target, source)
     else:
         picked: DatadogTarget = _pick(settings.datadog, target, source)
-        chosen = picked.model_copy(update={"batch_ids": [batch_id]})
+        chosen = picked.model_copy(update={"batch_ids": list(batch_ids)})
+    progress = progress if progress is not None else Progress(None)
+    waiter = _Waiter(src, chosen, list(dict.fromkeys(batch_ids)), progress)
+    shot = OneShot(settings, publish=waiter.publish)
+    waiter.core, waiter.log = shot.core, shot.log
+    started = time.time()
+    timed_out = False
     loop = asyncio.get_running_loop()
-    shot = OneShot(settings)
-    state = "unknown"
+    timeout = asyncio.timeout_at(loop.time() + _remaining_seconds(deadline))
     try:
-        async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
+        async with timeout:
             [poller] = shot.start([chosen])
+            health = _Health(shot, poller, progress)
             while True:
                 try:
-                    await poller.poll_once()
+                    if isinstance(poller, EnginePoller):
+                        await _engine_cycle(waiter, poller)
+                    else:
+                        assert isinstance(poller, DatadogPoller)
+                        await poller.poll_once()
                 except PollError as exc:
-                    shot.target_down(poller, exc)
-                rec = shot.core.get(src, poller.name, batch_id)
-                if rec is not None:
-                    state = rec.state.value
-                    if is_terminal(src, rec.state):
-                        return rec.state.value
-                elif isinstance(poller, EnginePoller):
-                    ended = await _engine_end_state(poller, batch_id)
-                    if ended is not None:
-                        return ended.value
+                    health.failed(exc)
+                else:
+                    health.ok()
+                waiter.show()
+                if not waiter.pending():
+                    break
                 await asyncio.sleep(poller.interval)
     except TimeoutError:
-        raise WaitTimeout(f"batch {batch_id} still {state}") from None
+        if not timeout.expired():
+            raise
+        timed_out = True
     finally:
         await shot.close()
+    return WaitReport(batches=tuple(waiter.waited(b) for b in waiter.batch_ids),
+                      timed_out=timed_out, started_at=started, finished_at=time.time(),
+                      timeout_seconds=timeout_seconds)
 
 
-async def _engine_end_state(poller: EnginePoller, batch_id: str) -> State | None:
-    """End state of a batch that is not in the runtime list (it may have ended long ago)."""
+# --------------------------------------------------------------------------- --idle
+
+
+@dataclass(slots=True)
+class _Sample:
+    rows: list[EngineBatchSnapshot]
+    total: int
+
+
+async def _runtime_sample(client: EngineClient, types: Sequence[str]) -> _Sample:
+    """The engine's runtime batches (of ``types``): up to :data:`IDLE_SAMPLE` per type
+    listed, all counted (``/batch/count`` only when the sample is full)."""
+    sample = _Sample([], 0)
+    kinds: list[str | None] = list(types) or [None]
+    for batch_type in kinds:
+        where = {} if batch_type is None else {"type": batch_type}
+        page = (await client.fetch("/batch/statistics", {
+            **where, "sortBy": "batchId", "sortOrder": "asc",
+            "firstResult": "0", "maxResults": str(IDLE_SAMPLE)})).body
+        if not isinstance(page, list):
+            raise PollError("invalid_response", "/batch/statistics answered a "
+                            f"{type(page).__name__}, not a list")
+        for raw in page:
+            # A row the client cannot read is still a batch: counted below all the same.
+            with contextlib.suppress(BadRow):
+                sample.rows.append(parse_statistics_row(raw, []))
+        if len(page) < IDLE_SAMPLE:
+            sample.total += len(page)
+            continue
+        counted = (await client.fetch("/batch/count", where)).body
+        count = counted.get("count") if isinstance(counted, dict) else None
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise PollError("invalid_response", "/batch/count answered no count")
+        sample.total += max(count, len(page))
+    return sample
+
+
+def _idle_batch(row: EngineBatchSnapshot, target: EngineTarget, now: float) -> WaitedBatch:
+    state = engine_runtime_state(row, now, now, target.stall_after)
+    link = (EngineLinks(target.cockpit_url).batch(row.batch_id)
+            if target.cockpit_url is not None else None)
+    return WaitedBatch(source=Source.ENGINE.value, target=target.name, batch_id=row.batch_id,
+                       state=state.value, terminal=False, batch_type=row.batch_type,
+                       link=link, counts=row.jobs.fields(with_created=True),
+                       started_at=row.start_time)
+
+
+def _idle_line(target: str, types: Sequence[str], sample: _Sample,
+               batches: list[WaitedBatch]) -> str:
+    kinds = f" of type {', '.join(types)}" if types else ""
+    if sample.total == 0:
+        return f"engine/{target}: idle (no runtime batch{kinds})"
+    shown = ", ".join(
+        f"{b.batch_id} ({b.batch_type}, {b.state}, "
+        f"{b.counts.get('completed_jobs')}/{b.counts.get('total_jobs')} jobs)"
+        for b in batches)
+    more = sample.total - len(batches)
+    return (f"engine/{target}: {sample.total} runtime batches{kinds}: {shown}"
+            + (f" and {more} more" if more > 0 else ""))
+
+
+async def wait_until_idle(
+    settings: Settings,
+    target: str | None,
+    types: Sequence[str],
+    deadline: float,
+    *,
+    timeout_seconds: float,
+    progress: Progress | None = None,
+) -> WaitReport:
+    """Poll until the engine has no runtime batch (of ``types``): the gate before an
+    engine upgrade. Every batch the credentials can see counts, whatever the target's
+    ``tenant_ids``: an upgrade concerns them all. Raises LookupError for an unknown target.
+    """
+    chosen: EngineTarget = _pick(settings.engines, target, Source.ENGINE.value)
+    types = list(dict.fromkeys(types))
+    progress = progress if progress is not None else Progress(None)
+    shot = OneShot(settings)
+    started = time.time()
+    timed_out = False
+    batches: list[WaitedBatch] = []
+    sample = _Sample([], -1)
+    loop = asyncio.get_running_loop()
+    timeout = asyncio.timeout_at(loop.time() + _remaining_seconds(deadline))
     try:
-        record = await poller.client.history_record(batch_id)
-        if record is not None:
-            record = await poller.client.with_delete_evidence(record)
-    except PollError:
-        return None
-    return engine_end_state(record, State.NONE)
+        async with timeout:
+            [poller] = shot.start([chosen])
+            assert isinstance(poller, EnginePoller)
+            health = _Health(shot, poller, progress)
+            while True:
+                try:
+                    sample = await _runtime_sample(poller.client, types)
+                except PollError as exc:
+                    health.failed(exc)
+                else:
+                    health.ok()
+                    now = time.time()
+                    batches = [_idle_batch(r, chosen, now) for r in sample.rows]
+                    key = (sample.total, tuple((b.batch_id, b.state) for b in batches))
+                    if progress.changed(("engine-idle", chosen.name), key):
+                        progress.line(_idle_line(chosen.name, types, sample, batches))
+                    if sample.total == 0:
+                        break
+                await asyncio.sleep(poller.interval)
+    except TimeoutError:
+        if not timeout.expired():
+            raise
+        timed_out = True
+    finally:
+        await shot.close()
+    idle = IdleCheck(target=chosen.name, types=tuple(types), idle=sample.total == 0,
+                     remaining=None if sample.total < 0 else sample.total)
+    return WaitReport(batches=tuple(batches), timed_out=timed_out, started_at=started,
+                      finished_at=time.time(), timeout_seconds=timeout_seconds, idle=idle)
