@@ -14,10 +14,11 @@ import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from batchscope.model import BatchTransition, EngineHistoryRecord, Event, Notice, Source, State
-from batchscope.tracker.diagnosis import Findings, LookupKind, LookupRequest, engine_diagnosis
+from batchscope.model import BatchTransition, EngineHistoryRecord, Event, Notice, Source
+from batchscope.tracker.diagnosis import LookupRequest
 from batchscope.tracker.engine import MAX_PLAUSIBLE_SKEW, HistoryCursor
 from batchscope.tracker.links import DatadogLinks, EngineLinks, Links
+from batchscope.tracker.lookups import LookupQueue
 from batchscope.tracker.observations import (
     CiBatchNotFound,
     CiBatchSeen,
@@ -104,8 +105,7 @@ class Core:
         self._memory_changed = False
         self._sorted: list[Key] = []
         self._sorted_version = -1
-        # Diagnosis lookups asked for and not done yet, per engine target, oldest first.
-        self._pending: dict[str, dict[str, LookupRequest]] = {}
+        self._lookups = LookupQueue(self.tracker)
 
     # ------------------------------------------------------------------ set-up
 
@@ -123,7 +123,9 @@ class Core:
         for source, name in sorted((self.tracker.targets() | self._memory_keys())
                                    - set(wanted)):
             dropped = self.tracker.forget_target(source, name)
-            if source is Source.DATADOG:
+            if source is Source.ENGINE:
+                self._lookups.forget(name)
+            else:
                 self._configured.pop(name, None)
             self._restored.pop((source, name), None)
             self._memory_changed = True
@@ -218,7 +220,8 @@ class Core:
             case HistorySwept(rows=rows):
                 return self._history_swept(name, rows, now)
             case Diagnosed(request=request, findings=findings):
-                return self._diagnosed(name, request, findings)
+                self._lookups.done(name, request, findings)
+                return Outcome()
             case CiBatchSeen(snapshot=snapshot):
                 return self.tracker.datadog_snapshot(
                     name, snapshot, now, self._datadog[name].stall_after)
@@ -243,12 +246,7 @@ class Core:
         out = self.tracker.engine_runtime(name, listing.rows, now, state.watch.stall_after,
                                           listing.unreadable)
         out.notices[:0] = notices
-        pending = self._pending.setdefault(name, {})
-        for request in out.lookups:
-            if not self._cached(name, request):
-                pending[request.batch_id] = request
-        for batch_id in [b for b in pending if self._stale(name, pending[b])]:
-            del pending[batch_id]
+        self._lookups.add(name, out.lookups)
         return out
 
     # ------------------------------------------------------------------ diagnosis
@@ -256,30 +254,7 @@ class Core:
     def lookups_due(self, target: str, budget: int) -> tuple[list[LookupRequest], int]:
         """The diagnosis lookups to make this cycle (at most ``budget``), and how many wait
         for a later one. A steady cycle has none."""
-        pending = list(self._pending.get(target, {}).values())
-        return pending[:budget], max(0, len(pending) - budget)
-
-    def _cached(self, target: str, request: LookupRequest) -> bool:
-        """A failed-jobs sample for the same failed count is already known."""
-        rec = self.tracker.get(Source.ENGINE, target, request.batch_id)
-        if rec is None or request.kind is not LookupKind.FAILED_JOBS:
-            return False
-        failure = rec.diagnosis.failure
-        return failure is not None and failure.get("failed_jobs") == request.failed_jobs
-
-    def _stale(self, target: str, request: LookupRequest) -> bool:
-        """The batch left the state the lookup was for (or is gone)."""
-        rec = self.tracker.get(Source.ENGINE, target, request.batch_id)
-        wanted = State.FAILED if request.kind is LookupKind.FAILED_JOBS else State.STALLED
-        return rec is None or rec.state is not wanted
-
-    def _diagnosed(self, target: str, request: LookupRequest, findings: Findings) -> Outcome:
-        self._pending.get(target, {}).pop(request.batch_id, None)
-        rec = self.tracker.get(Source.ENGINE, target, request.batch_id)
-        if rec is not None and not self._stale(target, request):
-            reason, failure = engine_diagnosis(rec.state, rec.jobs, findings)
-            self.tracker.diagnose(rec, reason, failure)
-        return Outcome()
+        return self._lookups.due(target, budget)
 
     def annotate(self, outcome: Outcome) -> Outcome:
         """The outcome's transitions with what diagnosis found since they were decided."""
