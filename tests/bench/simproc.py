@@ -25,6 +25,7 @@ import resource
 import signal
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -117,10 +118,11 @@ def _peak_rss_mb() -> float:
 def control_app(sim: RunningSimulator) -> web.Application:
     async def stats(_: web.Request) -> web.Response:
         answered = len(sim.engine.requests) + len(sim.datadog.requests)
+        paths = Counter(r.path_qs.split("?")[0] for r in sim.engine.requests)
         sim.engine.clear_requests()
         sim.datadog.clear_requests()
         return web.json_response({"cpu_seconds": time.process_time(), "requests": answered,
-                                  "peak_rss_mb": _peak_rss_mb()})
+                                  "engine_paths": paths, "peak_rss_mb": _peak_rss_mb()})
 
     async def mutate(request: web.Request) -> web.Response:
         fraction = float(request.query.get("fraction", "0.05"))
