@@ -458,6 +458,34 @@ async def test_engine_batches_deleted_finished_and_unknown(tmp_path: Path) -> No
                       "no-such-batch": ("vanished", "failed")}
 
 
+async def test_engine_batch_stuck_on_failed_jobs_says_why(tmp_path: Path) -> None:
+    """An engine batch with failed jobs is not over: the gate waits until the timeout
+    (exit 3), and the reports carry the reason and the jobs' exception message."""
+    engine = FakeEngine()
+    stuck = engine.create_batch("instance-migration", total_jobs=10)
+    engine.complete_jobs(stuck, 5)
+    engine.fail_jobs(stuck, 2, message="ENGINE-13033 <no mapping> for 'task'")
+    junit, summary = tmp_path / "j.xml", tmp_path / "s.json"
+    async with await start_simulator(engine=engine) as sim:
+        run = await wait("--config", write_config(tmp_path, sim), "--source", "engine",
+                         "--timeout", "1.5", "--junit", str(junit), "--json", str(summary),
+                         stuck)
+    assert run.code == 3, run.err
+    assert run.states == {stuck: "failed"}
+    [line] = run.batch_lines(stuck)
+    assert "failed (5/10 jobs, 2 failed) reason=failed_jobs" in line
+    root = parse_junit(junit)
+    check_junit_shape(root)
+    [case] = suites(root)[f"engine/prod/{stuck}"].findall("testcase")
+    error = case.find("error")
+    assert error is not None and error.get("type") == "wait_timeout"
+    assert "still failed (failed_jobs)" in error.get("message", "")
+    assert "2x ENGINE-13033 <no mapping> for 'task'" in (error.text or "")
+    [row] = json.loads(summary.read_text())["batches"]
+    assert row["reason"] == "failed_jobs" and row["failure"]["failed_jobs"] == 2
+    assert row["failure"]["messages"][0]["message"] == "ENGINE-13033 <no mapping> for 'task'"
+
+
 async def test_idle_without_type_waits_for_every_batch(tmp_path: Path) -> None:
     """--idle: two running batches of two types; exit 0 (stdout `idle`) only once both
     left the runtime list, one progress line per change of what is running."""

@@ -328,8 +328,9 @@ async def _engine_cycle(waiter: _Waiter, poller: EnginePoller) -> None:
 
     ``GET /batch/statistics?batchId=ID&maxResults=1`` per batch still running (never a
     listing of every batch); a batch that left the runtime list (or was never in it) is
-    asked about with ``GET /history/batch/{id}`` and, when it ended, the delete evidence.
-    The core decides the states, with the one end-of-batch rule.
+    asked about with ``GET /history/batch/{id}`` and, when it ended, the delete evidence;
+    a failed or stalled one gets the diagnosis lookups. The core decides the states, with
+    the one end-of-batch rule.
     """
     client, core, key, clock = poller.client, poller.core, poller.key, poller.clock
     pending = waiter.pending()
@@ -351,7 +352,11 @@ async def _engine_cycle(waiter: _Waiter, poller: EnginePoller) -> None:
             if row.batch_id == batch_id:
                 rows.append(row)
     listed = core.apply(key, RuntimeListed(rows, server_time, frozenset(unreadable)), clock())
-    poller.publish(listed)
+    # The diagnosis lookups the core asked for (failed jobs' messages, a failed seed or
+    # monitor job), as the daemon's poller makes them: a gate stuck on a failed batch says
+    # why. Only when a batch's failure changes, within the target's budget.
+    await poller._diagnose()
+    poller.publish(core.annotate(listed))
     for batch_id in listed.missing:
         record = await client.history_record(batch_id)
         if record is not None:
