@@ -143,7 +143,7 @@ def test_changes_are_handed_over_once_and_requeued_after_a_failed_save() -> None
     """take_changes empties the change set; requeue puts it back for the next save."""
     core = Core(retention=3600, max_tracked=100)
     core.configure([ENGINE], 0.0)
-    core.apply(E, RuntimeListed([eng("a")]), 1.0)
+    core.annotate(core.apply(E, RuntimeListed([eng("a")]), 1.0))
     changes = core.take_changes()
     assert [r.batch_id for r in changes.records] == ["a"] and changes.seq == 1
     assert not core.has_changes
@@ -247,3 +247,19 @@ def test_an_upstream_wait_is_capped() -> None:
 
     assert backoff_delay(1.0, 1, 1e9, cap=300.0) <= 300.0
     assert backoff_delay(1.0, 1, 40.0, cap=300.0) >= 40.0
+
+
+def test_events_held_for_a_lookup_are_numbered_when_published() -> None:
+    """A listing's transitions wait for diagnosis lookups; a Datadog event decided meanwhile
+    is published first, so the held events are numbered after it: the log stays in seq
+    order, without gaps."""
+    core = Core(retention=3600, max_tracked=100)
+    core.configure([ENGINE, datadog("b-1")], 0.0)
+    held = core.apply(E, RuntimeListed([eng("a", failed=1)]), 1.0)
+    assert [e.seq for e in held.events] == [0]  # not numbered yet: a lookup is due
+    assert core.lookups_due("prod", 5)[0]
+    meanwhile = core.apply(D, CiBatchNotFound("b-1"), 2.0)
+    meanwhile = core.apply(D, CiBatchNotFound("b-1"), 9.0)
+    assert [e.seq for e in meanwhile.events] == [1]
+    assert [e.seq for e in core.annotate(held).events] == [2]
+    assert core.seq == 2

@@ -243,8 +243,14 @@ class Core:
                     "hint": "the engine's HTTP Date header is implausible; "
                             "the daemon's own clock is used",
                 }))
-        out = self.tracker.engine_runtime(name, listing.rows, now, state.watch.stall_after,
-                                          listing.unreadable)
+        # Its transitions may wait for diagnosis lookups: they are numbered by annotate(),
+        # when published, so that other targets' events meanwhile keep the log in order.
+        self.tracker.deferred_numbering = True
+        try:
+            out = self.tracker.engine_runtime(name, listing.rows, now,
+                                              state.watch.stall_after, listing.unreadable)
+        finally:
+            self.tracker.deferred_numbering = False
         out.notices[:0] = notices
         self._lookups.add(name, out.lookups)
         return out
@@ -257,7 +263,8 @@ class Core:
         return self._lookups.due(target, budget)
 
     def annotate(self, outcome: Outcome) -> Outcome:
-        """The outcome's transitions with what diagnosis found since they were decided."""
+        """The outcome ready to publish: its transitions with what diagnosis found since
+        they were decided, numbered now (a RuntimeListed outcome's numbers are deferred)."""
         events: list[Event] = []
         for event in outcome.events:
             if isinstance(event, BatchTransition):
@@ -266,7 +273,7 @@ class Core:
                         and rec.diagnosis != event.diagnosis):
                     event = dataclasses.replace(event, diagnosis=rec.diagnosis)
             events.append(event)
-        outcome.events = events
+        outcome.events = self.tracker.number(events)
         return outcome
 
     def _history_swept(self, name: str, rows: list[EngineHistoryRecord],

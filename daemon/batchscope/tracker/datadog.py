@@ -202,9 +202,8 @@ class DatadogTracker(RecordBook):
         now: float,
         out: Outcome,
     ) -> None:
-        self.seq += 1
         out.events.append(ResultTransition(
-            seq=self.seq, time=now, target=rec.target, batch_id=rec.batch_id,
+            seq=self._number(), time=now, target=rec.target, batch_id=rec.batch_id,
             result=result, from_state=before, to_state=after,
         ))
 

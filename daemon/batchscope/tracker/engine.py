@@ -99,41 +99,70 @@ class EngineTracker(RecordBook):
         # One row per id: offset paging over a changing list can list a batch twice, in
         # two states; the later page is the fresher answer.
         latest = {row.batch_id: row for row in rows}
-        seen: set[str] = set(unreadable)
-        for row in latest.values():
-            seen.add(row.batch_id)
-            rec = self.records.get((Source.ENGINE, target, row.batch_id))
-            if rec is None:
-                self._engine_first_sighting(target, row, now, stall_after, out)
-                continue
-            if rec.terminal:
-                continue  # ids are never reused; a late runtime row changes nothing
-            rec.last_seen = now
-            failed_before = rec.jobs.failed if rec.jobs is not None else 0
-            # Only real changes are persisted: rewriting 10,000 unchanged rows every poll
-            # would cost megabytes of writes per cycle.
-            if row.jobs != rec.jobs or (row.start_time is not None
-                                        and row.start_time != rec.start_time):
-                if rules.engine_made_progress(rec.jobs, row.jobs):
-                    rec.progress_since = now
-                rec.jobs = row.jobs
-                if row.start_time is not None:
-                    rec.start_time = row.start_time
-                self.dirty.add(rec.key)
-            state = rules.engine_runtime_state(row, rec.progress_since, now, stall_after)
-            if state is not rec.state:
-                self._diagnose_runtime(rec, row, state, out)
-            elif state is State.FAILED and row.jobs.failed != failed_before:
-                # The failures changed while the batch stays failed: refresh the evidence.
-                out.lookups.append(LookupRequest.for_row(row, LookupKind.FAILED_JOBS))
-            self._transition(rec, state, now, out)
+        active = self.active.get((Source.ENGINE, target))
+        if active is None:
+            active = {}
+        suspended, failed = State.SUSPENDED, State.FAILED
+        stalled, in_progress = State.STALLED, State.IN_PROGRESS
+        for batch_id, row in latest.items():
+            rec = active.get(batch_id)
+            if rec is not None and rec.runtime_row is row and rec.jobs is row.jobs:
+                # The very row applied last time (sources hand out the same snapshot for an
+                # unchanged row): nothing to compare, only the clock can move the state.
+                # These are engine_runtime_state's rules, inlined for the 10,000 rows of a
+                # steady cycle; any change of state takes the full path below.
+                if row.suspended:
+                    state = suspended
+                elif row.jobs.failed > 0:
+                    state = failed
+                elif now - rec.progress_since >= stall_after:
+                    state = stalled
+                else:
+                    state = in_progress
+                if state is rec.state:
+                    rec.last_seen = now
+                    continue
+            self._engine_row(target, row, now, stall_after, out)
         active = self.active.get((Source.ENGINE, target), {})
         out.missing.extend(
             batch_id
             for batch_id, rec in active.items()
-            if batch_id not in seen and rec.state is not State.NONE
+            if batch_id not in latest and batch_id not in unreadable
+            and rec.state is not State.NONE
         )
         return out
+
+    def _engine_row(self, target: str, row: EngineBatchSnapshot, now: float,
+                    stall_after: float, out: Outcome) -> None:
+        """Apply one runtime row in full: first sighting, progress, state, diagnosis."""
+        rec = self.records.get((Source.ENGINE, target, row.batch_id))
+        if rec is None:
+            self._engine_first_sighting(target, row, now, stall_after, out)
+            return
+        if rec.terminal:
+            return  # ids are never reused; a late runtime row changes nothing
+        rec.last_seen = now
+        failed_before = rec.jobs.failed if rec.jobs is not None else 0
+        # Only real changes are persisted: rewriting 10,000 unchanged rows every poll
+        # would cost megabytes of writes per cycle.
+        if row.jobs != rec.jobs or (row.start_time is not None
+                                    and row.start_time != rec.start_time):
+            if rules.engine_made_progress(rec.jobs, row.jobs):
+                rec.progress_since = now
+            if row.start_time is not None:
+                rec.start_time = row.start_time
+            self.dirty.add(rec.key)
+        # Equal counts or new ones, the record keeps the row's own object: the next
+        # listing's fast path checks it by identity.
+        rec.jobs = row.jobs
+        rec.runtime_row = row
+        state = rules.engine_runtime_state(row, rec.progress_since, now, stall_after)
+        if state is not rec.state:
+            self._diagnose_runtime(rec, row, state, out)
+        elif state is State.FAILED and row.jobs.failed != failed_before:
+            # The failures changed while the batch stays failed: refresh the evidence.
+            out.lookups.append(LookupRequest.for_row(row, LookupKind.FAILED_JOBS))
+        self._transition(rec, state, now, out)
 
     def _engine_first_sighting(
         self,
@@ -155,6 +184,7 @@ class EngineTracker(RecordBook):
             start_time=row.start_time,
             jobs=row.jobs,
             progress_since=now,
+            runtime_row=row,
         )
         if not self._admit(rec, out):
             return

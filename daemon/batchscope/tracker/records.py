@@ -7,6 +7,7 @@ change set the state store reads can never disagree with the records themselves.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from batchscope.model import (
     CiMetadata,
     CiResult,
     Diagnosis,
+    EngineBatchSnapshot,
     Event,
     JobCounts,
     Notice,
@@ -32,6 +34,9 @@ from batchscope.tracker.diagnosis import LookupRequest
 from batchscope.tracker.links import DatadogLinks, EngineLinks, Links
 
 Key = tuple[Source, str, str]  # (source, target, batch_id)
+
+#: The seq of an event whose number is given when it is published (see RecordBook.number).
+UNNUMBERED = 0
 TargetKey = tuple[Source, str]  # (source, target)
 
 
@@ -68,6 +73,10 @@ class TrackedBatch:
     not_found_since: float | None = None
     # why: kept while the state lasts, shown in the API and the status page
     diagnosis: Diagnosis = NO_DIAGNOSIS
+    # engine: the runtime row last applied (not persisted). The parser hands out the same
+    # snapshot object for an unchanged row, so the next listing can tell by identity that
+    # only the clock can have changed the batch's state.
+    runtime_row: EngineBatchSnapshot | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> Key:
@@ -114,6 +123,9 @@ class RecordBook:
         self.records: dict[Key, TrackedBatch] = {}
         self._per_source: Counter[Source] = Counter()
         self.version = 0  # changes whenever a record is added or forgotten
+        # While set, events get UNNUMBERED: their seq is given by number() when they are
+        # published, so events held back for a lookup never log out of seq order.
+        self.deferred_numbering = False
         # Where each target's batches are shown upstream (set by the core from settings).
         self.links: dict[TargetKey, Links] = {}
         # Non-terminal records per (source, target): what pollers iterate and what the
@@ -249,6 +261,23 @@ class RecordBook:
         self.dirty.discard(key)
         self.forgotten.add(key)
 
+    def _number(self) -> int:
+        """The next event's seq, or UNNUMBERED while numbering is deferred."""
+        if self.deferred_numbering:
+            return UNNUMBERED
+        self.seq += 1
+        return self.seq
+
+    def number(self, events: list[Event]) -> list[Event]:
+        """Give deferred events their seq, in order (right before they are published)."""
+        out: list[Event] = []
+        for event in events:
+            if event.seq == UNNUMBERED:
+                self.seq += 1
+                event = dataclasses.replace(event, seq=self.seq)
+            out.append(event)
+        return out
+
     def link(self, rec: TrackedBatch, *, finished: bool = False) -> str | None:
         """The batch's page in its upstream's UI, when the target says where that is."""
         links = self.links.get((rec.source, rec.target))
@@ -289,9 +318,8 @@ class RecordBook:
             return
         before = rec.state
         self._set_state(rec, state, now)
-        self.seq += 1
         out.events.append(BatchTransition(
-            seq=self.seq,
+            seq=self._number(),
             time=now,
             source=rec.source,
             target=rec.target,
