@@ -312,11 +312,11 @@ async def test_a_failure_wins_over_a_timeout(tmp_path: Path) -> None:
 
 
 async def test_timeout_is_honoured_when_the_upstream_hangs(tmp_path: Path) -> None:
-    """An upstream that does not answer in time (each request hangs 5 s, request_timeout
+    """An upstream that does not answer in time (each request hangs 6 s, request_timeout
     30 s) cannot hold the gate past --timeout 1; the batch never seen is `unknown`."""
     datadog = new_datadog()
     stuck = datadog.create_batch()
-    datadog.inject(f"/ci/batch/{stuck}", delay=5, times=None)
+    datadog.inject(f"/ci/batch/{stuck}", delay=6, times=None)
     junit = tmp_path / "j.xml"
     async with await start_simulator(datadog=datadog) as sim:
         config = write_config(tmp_path, sim).replace(
@@ -324,13 +324,33 @@ async def test_timeout_is_honoured_when_the_upstream_hangs(tmp_path: Path) -> No
         run = await wait("--config", config, "--timeout", "1", "--junit", str(junit), stuck)
         datadog.clear_faults()
     assert run.code == 3, run.err
-    assert run.seconds < 4.5  # the hanging request was abandoned, not awaited
+    assert run.seconds < 5.5  # the 6 s request was abandoned at the deadline, not awaited
     assert run.states == {stuck: "unknown"}
     root = parse_junit(junit)
     check_junit_shape(root)
     [case] = suites(root)[f"datadog/ci/{stuck}"].findall("testcase")
     error = case.find("error")
     assert error is not None and "not seen" in error.get("message", "")
+
+
+async def test_an_upstream_outage_is_one_line_not_one_per_poll(tmp_path: Path) -> None:
+    """Datadog answers 503 for a while: one progress line when it starts failing, one
+    when it answers again, however many polls failed in between; then the gate passes."""
+    datadog = new_datadog()
+    batch = datadog.create_batch(tests=TESTS[:1])
+    datadog.finish(batch, "passed")
+    datadog.inject(f"/ci/batch/{batch}", status=503, body='{"errors": ["down"]}', times=None)
+    async with await start_simulator(datadog=datadog) as sim:
+        began = time.monotonic()
+        proc = await start("--config", write_config(tmp_path, sim), batch)
+        await wait_until(lambda: sum(batch in r.path_qs for r in datadog.requests) >= 5,
+                         timeout=30, what="five failed polls")
+        datadog.clear_faults()
+        run = await finish(proc, began)
+    assert run.code == 0, run.err
+    assert len(run.progress("upstream error (http_5xx)")) == 1
+    assert len(run.progress("upstream answers again")) == 1
+    assert run.states == {batch: "passed"}
 
 
 async def test_datadog_batch_deleted_while_waited_on_vanishes(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from batchscope.model import (
     BatchTransition,
     EngineBatchSnapshot,
     Event,
+    Reason,
     ResultState,
     ResultTransition,
     Source,
@@ -202,7 +203,7 @@ class _Health:
         self.down = error.reason
         self.shot.target_down(self.poller, error)
         self.progress.line(f"{self.poller.source.value}/{self.poller.name}: upstream error "
-                           f"({error.reason}): {error}; still trying")
+                           f"({error.reason}): {error.detail}; still trying")
 
     def ok(self) -> None:
         if self.down is None:
@@ -293,7 +294,7 @@ class _Waiter:
                 source=self.source.value, target=name, batch_id=batch_id,
                 state=UNKNOWN if state is None else state.value, terminal=state is not None,
                 batch_type=None if rec is None else rec.batch_type,
-                reason="no_history" if state is State.VANISHED else None,
+                reason=Reason.NO_HISTORY.value if state is State.VANISHED else None,
                 link=self._fallback_link(batch_id, finished=state is not None))
         detail = batch_detail(rec, self.links)
         return WaitedBatch(
