@@ -57,6 +57,10 @@ class HistoryListing:
 #: Longest upstream value quoted in a warning.
 WARNING_VALUE_CHARS = 64
 
+#: Rows one paged listing may hold when the client is given no bound: the default of
+#: ``max_tracked_batches`` (a listing longer than the tracker can hold is not worth reading).
+DEFAULT_MAX_ROWS = 50_000
+
 _HISTORY_BY_ID = "/history/batch/{id}"
 
 
@@ -69,9 +73,13 @@ class EngineClient:
         session: aiohttp.ClientSession,
         *,
         on_progress: Callable[[], None] | None = None,
+        max_rows: int = DEFAULT_MAX_ROWS,
     ) -> None:
+        """``max_rows`` bounds every paged listing (``max_tracked_batches``): an upstream
+        whose pages never end fails the poll instead of filling the memory."""
         self.target = target
         self._session = session
+        self._max_rows = max_rows
         self._base = target.url.rstrip("/")
         self._headers = {"Accept": "application/json"}
         if target.bearer_token is not None:
@@ -148,11 +156,14 @@ class EngineClient:
         """Every runtime batch with its statistics, paged with an explicit ``maxResults``.
 
         ``maxResults`` is always sent: an engine with ``queryMaxResultsLimit`` refuses
-        unbounded queries. The sort is by id so that pages are stable.
+        unbounded queries. The sort is by id so that pages are stable. Paging that does not
+        end (a full page bringing no new id, or more rows than ``max_rows`` allows) raises
+        :class:`PollError` ``invalid_response``.
         """
         listing = Listing()
         problems: list[DateProblem] = []
         page_size = self.target.page_size
+        paging = _Paging("/batch/statistics", page_size, self._max_rows)
         first = 0
         while True:
             params = {
@@ -161,6 +172,7 @@ class EngineClient:
                 **self._tenant_params(),
             }
             page, response = await self._get_list_response("/batch/statistics", params)
+            paging.check(page, first)
             if listing.server_time is None:
                 listing.server_time = response.server_time
             for raw in page:
@@ -171,6 +183,7 @@ class EngineClient:
             if len(page) < page_size:
                 listing.warnings = self._warnings("/batch/statistics", problems)
                 return listing
+            paging.check_another()
             first += page_size
 
     async def finished_since(self, since: float, page_size: int = 100) -> HistoryListing:
@@ -178,10 +191,13 @@ class EngineClient:
 
         The history query has no time filter, so page by ``endTime desc`` until a row is
         older than ``since``. A row whose endTime cannot be read is kept (it has ended), and
-        paging stops after a page whose end times could none be read.
+        paging stops after a page whose end times could none be read. Paging that does not
+        end (rows that all end in the future, a full page bringing no new id) raises
+        :class:`PollError` ``invalid_response``, as in :meth:`runtime_batches`.
         """
         listing = HistoryListing()
         problems: list[DateProblem] = []
+        paging = _Paging("/history/batch", page_size, self._max_rows)
         first = 0
         while True:
             params = {
@@ -190,6 +206,7 @@ class EngineClient:
                 **self._tenant_params(),
             }
             page = await self._get_list("/history/batch", params)
+            paging.check(page, first)
             reached_older = readable = unreadable = False
             for raw in page:
                 try:
@@ -210,6 +227,7 @@ class EngineClient:
             if reached_older or (unreadable and not readable) or len(page) < page_size:
                 listing.warnings = self._warnings("/history/batch", problems)
                 return listing
+            paging.check_another()
             first += page_size
 
     async def history_record(self, batch_id: str) -> EngineHistoryRecord | None:
@@ -311,3 +329,66 @@ def _foreign_404(path: str, exc: NotFound) -> PollError:
         "http_4xx", f"HTTP 404 from {path} that is not the engine's 'does not exist' "
         f"answer: {exc.detail}", status=404,
     )
+
+
+class _Paging:
+    """Guards one paged listing against an upstream whose pages never end.
+
+    An engine or proxy that ignores ``firstResult`` serves the same full page again; a
+    broken one may serve full pages of new rows forever (or rows that all end in the
+    future, for the history sweep). Either would read until the memory runs out. Paging
+    stops with :class:`PollError` ``invalid_response`` when a full page brings no id not
+    already listed, and before a page beyond ``max_rows + page_size`` rows.
+    """
+
+    __slots__ = (
+        "_endpoint",
+        "_max_rows",
+        "_page_size",
+        "_pages",
+        "_previous",
+        "_rows",
+        "_seen",
+    )
+
+    def __init__(self, endpoint: str, page_size: int, max_rows: int) -> None:
+        self._endpoint = endpoint
+        self._page_size = page_size
+        self._max_rows = max_rows
+        self._pages = 0
+        self._rows = 0
+        self._seen: set[str] = set()
+        self._previous: list[str | None] = []
+
+    def check(self, page: list[object], first: int) -> None:
+        """Account for a page just read (at ``firstResult`` ``first``); raise when it is
+        full and repeats what earlier pages listed."""
+        self._pages += 1
+        self._rows += len(page)
+        if len(page) < self._page_size:
+            return  # the last page: whatever it holds, paging ends here
+        ids = [row_id(raw) for raw in page]
+        new = {i for i in ids if i is not None and i not in self._seen}
+        if not new:
+            n = self._pages
+            if n > 1 and ids == self._previous:
+                what = (f"page {n} repeated the ids of page {n - 1} (the engine or a proxy "
+                        f"ignores firstResult={first})")
+            elif n == 1:
+                what = f"page 1 is full ({len(page)} rows) and names no batch id"
+            else:
+                what = (f"page {n} (firstResult={first}) brought no id that earlier pages "
+                        f"had not listed")
+            raise PollError("invalid_response", f"paging did not end: {self._endpoint} {what}")
+        self._seen.update(new)
+        self._previous = ids
+
+    def check_another(self) -> None:
+        """Raise instead of reading a page beyond ``max_rows + page_size`` rows."""
+        if self._rows >= self._max_rows + self._page_size:
+            raise PollError(
+                "invalid_response",
+                f"paging did not end: {self._endpoint} still full after {self._pages} pages "
+                f"({self._rows} rows), more than max_tracked_batches ({self._max_rows}) "
+                f"can hold",
+            )
