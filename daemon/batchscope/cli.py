@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import math
 import os
 import sys
@@ -22,7 +21,14 @@ import orjson
 
 from batchscope import __version__
 from batchscope.model import BATCH_ID_RULE, is_valid_batch_id
-from batchscope.settings import EX_CONFIG, Settings, SettingsError, load_settings, redacted_dict
+from batchscope.settings import (
+    EX_CONFIG,
+    Settings,
+    SettingsError,
+    load_settings,
+    redacted_dict,
+    secret_values,
+)
 
 if TYPE_CHECKING:
     from batchscope.runtime.reports import WaitReport
@@ -122,27 +128,12 @@ def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Sett
     return load_settings(args.config, overrides={**_overrides(args), **(extra or {})})
 
 
-def _secrets(settings: Settings) -> list[str]:
-    values = []
-    if settings.http.api_token is not None:
-        values.append(settings.http.api_token.get_secret_value())
-    for e in settings.engines:
-        values += [s.get_secret_value() for s in (e.password, e.bearer_token) if s is not None]
-        if e.username is not None and e.password is not None:
-            # the Authorization header form, should an upstream ever echo it back
-            pair = f"{e.username}:{e.password.get_secret_value()}".encode()
-            values.append(base64.b64encode(pair).decode())
-    for d in settings.datadog:
-        values += [s.get_secret_value() for s in (d.api_key, d.app_key) if s is not None]
-    return values
-
-
 def _setup_logging(settings: Settings, *, to_stderr: bool = False) -> None:
     """Logs go to stdout for the daemon; one-shot commands keep stdout for their output."""
     from batchscope.sinks.logs import configure_logging
 
     configure_logging(log_format=settings.log_format, level=settings.log_level,
-                      secrets=_secrets(settings), stream=sys.stderr if to_stderr else None)
+                      secrets=secret_values(settings), stream=sys.stderr if to_stderr else None)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -167,8 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         old = current[0]
         if (new.log_level, new.log_format) != (old.log_level, old.log_format):
             _setup_logging(new)  # applied live; the old secrets stay registered
-            register_secrets(_secrets(old))
-        register_secrets(_secrets(new))
+            register_secrets(secret_values(old))
+        register_secrets(secret_values(new))
         current[0] = new
         return new
 

@@ -356,7 +356,7 @@ async def _engine_cycle(waiter: _Waiter, poller: EnginePoller) -> None:
     # The diagnosis lookups the core asked for (failed jobs' messages, a failed seed or
     # monitor job), as the daemon's poller makes them: a gate stuck on a failed batch says
     # why. Only when a batch's failure changes, within the target's budget.
-    await poller._diagnose()
+    await poller.diagnose()
     poller.publish(core.annotate(listed))
     for batch_id in listed.missing:
         record = await client.history_record(batch_id)

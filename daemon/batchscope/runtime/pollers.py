@@ -165,7 +165,7 @@ class EnginePoller(TargetPoller):
             self.key, RuntimeListed(listing.rows, listing.server_time, unreadable), self.clock())
         # The lookups happen before the transition lines are written: one line per
         # transition, with the reason and the evidence in it.
-        await self._diagnose()
+        await self.diagnose()
         self.publish(self.core.annotate(outcome))
 
         sweep_from = self.core.sweep_from(self.name)
@@ -204,7 +204,7 @@ class EnginePoller(TargetPoller):
         self.publish(self.core.apply(
             self.key, EndLookedUp(batch_id, record, still_running), self.clock()))
 
-    async def _diagnose(self) -> None:
+    async def diagnose(self) -> None:
         """The lookups the core asked for, within this cycle's budget; a failing lookup is
         counted and leaves the evidence unknown, it never fails or delays the poll beyond
         the request timeout."""
