@@ -263,3 +263,18 @@ def test_events_held_for_a_lookup_are_numbered_when_published() -> None:
     assert [e.seq for e in meanwhile.events] == [1]
     assert [e.seq for e in core.annotate(held).events] == [2]
     assert core.seq == 2
+
+
+def test_an_ending_in_the_far_future_never_moves_the_sweep() -> None:
+    """One history row ending in 2100 (broken clock, hostile upstream) must not move the
+    sweep's start there: every later ending would be hidden, persistently."""
+    core = Core(retention=3600, max_tracked=100)
+    core.configure([ENGINE], 1_000.0)
+    core.apply(E, RuntimeListed([]), 1_000.0)
+    future = hist("future", start=990.0, end=4_102_444_800.0)  # 2100-01-01
+    core.apply(E, HistorySwept([future]), 1_010.0)
+    cursor = core.cursor("prod")
+    assert cursor is not None and cursor.sweep_from == 1_000.0 - SWEEP_OVERLAP
+    later = hist("later", start=1_015.0, end=1_020.0)
+    assert states(core.apply(E, HistorySwept([later]), 1_030.0).events) == [
+        ("later", "none", "passed")]

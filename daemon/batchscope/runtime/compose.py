@@ -87,7 +87,8 @@ def make_poller(
     """The one poller factory: a target's client on ``session`` and its poller."""
     interval = settings.interval_for(t)
     if isinstance(t, EngineTarget):
-        client = EngineClient(t, session, on_progress=heartbeat.beat)
+        client = EngineClient(t, session, on_progress=heartbeat.beat,
+                              max_rows=settings.max_tracked_batches)
         count: CountLookup | None = None
         if metrics is not None:
             count = functools.partial(metrics.diagnosis_lookup, Source.ENGINE, t.name)

@@ -283,7 +283,7 @@ class Core:
             return Outcome()
         out = self.tracker.engine_history(name, self._unseen(name, cursor, rows), now,
                                           cursor.watermark)
-        cursor.advance(rows)
+        cursor.advance(rows, now)
         self._memory_changed = True
         return out
 

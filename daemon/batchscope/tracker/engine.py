@@ -67,11 +67,16 @@ class HistoryCursor:
     def is_new(self, row: EngineHistoryRecord) -> bool:
         return ended_after(row, self.watermark)
 
-    def advance(self, rows: Iterable[EngineHistoryRecord]) -> None:
-        """Remember the endings of one sweep and move its start up behind the newest."""
+    def advance(self, rows: Iterable[EngineHistoryRecord], now: float) -> None:
+        """Remember the endings of one sweep and move its start up behind the newest.
+
+        An ending implausibly far in the future (a broken clock or a hostile upstream) never
+        moves the start: it would hide every later ending, and it would be persisted.
+        """
+        horizon = now + MAX_PLAUSIBLE_SKEW
         for r in rows:
             when = r.end_time if r.end_time is not None else r.start_time
-            if r.ended and when is not None:
+            if r.ended and when is not None and when <= horizon:
                 self.recent[r.batch_id] = when
         if self.recent:
             newest = max(self.recent.values())
