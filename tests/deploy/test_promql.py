@@ -58,6 +58,8 @@ SPEC_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     # reliability issue
     "batchscope_tracked_batches": ("gauge", frozenset()),
     "batchscope_batch_evictions_total": ("counter", frozenset()),
+    # diagnosis issue (SPEC.md's metric table names it too)
+    "batchscope_diagnosis_lookups_total": ("counter", frozenset({"source", "target", "outcome"})),
 }
 # Series Prometheus itself adds for every scrape target.
 SCRAPE_SERIES: dict[str, frozenset[str]] = {"up": frozenset()}
