@@ -128,6 +128,38 @@ class Assembled:
         await self.daemon.parts.state.close()
 
 
+class Floor:
+    """The floor: one aiohttp session GETting every ``/batch/statistics`` page (the daemon's
+    query and page size) and decoding it with orjson, nothing else."""
+
+    def __init__(self, engine_url: str, page_size: int) -> None:
+        self.url = engine_url + "/batch/statistics"
+        self.page_size = page_size
+        self.http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self.http = aiohttp.ClientSession()
+        await self.cycle()  # connected, as the daemon's session is after its first cycle
+
+    async def cycle(self) -> int:
+        assert self.http is not None
+        first = rows = 0
+        while True:
+            params = {"sortBy": "batchId", "sortOrder": "asc",
+                      "firstResult": str(first), "maxResults": str(self.page_size)}
+            async with self.http.get(self.url, params=params,
+                                     headers={"Accept": "application/json"}) as resp:
+                page = orjson.loads(await resp.read())
+            rows += len(page)
+            if len(page) < self.page_size:
+                return rows
+            first += self.page_size
+
+    async def aclose(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+
+
 class Simulator:
     """The simproc.py subprocess and its control API."""
 
@@ -291,29 +323,8 @@ class Bench:
             pollers[poller.source] = poller
         return Assembled(daemon, sessions, pollers)
 
-    async def _floor(self, sim: Simulator, page_size: int) -> None:
-        """The floor: one aiohttp session GETting every ``/batch/statistics`` page (the
-        daemon's query) and decoding it with orjson, nothing else. Repeated; the median."""
-        url = sim.hello["engine_url"] + "/batch/statistics"
-        async with aiohttp.ClientSession() as http:
-            async def cycle() -> int:
-                first = rows = 0
-                while True:
-                    params = {"sortBy": "batchId", "sortOrder": "asc",
-                              "firstResult": str(first), "maxResults": str(page_size)}
-                    async with http.get(url, params=params,
-                                        headers={"Accept": "application/json"}) as resp:
-                        page = orjson.loads(await resp.read())
-                    rows += len(page)
-                    if len(page) < page_size:
-                        return rows
-                    first += page_size
-
-            await cycle()  # connect once, as the daemon's session is connected after its first
-            await self.repeated("floor", cycle, None, sim, self.args.repeat,
-                                note=f"bare GET + orjson of every page ({page_size} rows)")
-
-    async def _first_cycles(self, sim: Simulator, tmp: Path, settings: Settings) -> Assembled:
+    async def _first_cycles(self, sim: Simulator, tmp: Path, settings: Settings,
+                            before_each: Callable[[int], Awaitable[Any]]) -> Assembled:
         """engine-first on fresh daemons (``--repeat`` of them); the median is shown and the
         last daemon goes on to the other phases."""
         results: list[Phase] = []
@@ -321,6 +332,7 @@ class Bench:
         for i in range(self.args.repeat):
             if assembled is not None:
                 await assembled.close()
+            await before_each(i)
             assembled = self._assemble(settings if i == self.args.repeat - 1 else
                                        self._settings(sim, tmp / f"first-{i}.db"))
             gc.collect()
@@ -334,8 +346,23 @@ class Bench:
     async def _run(self, sim: Simulator, tmp: Path) -> None:
         args, hello = self.args, sim.hello
         settings = self._settings(sim, tmp / "state.db")
-        await self._floor(sim, settings.engines[0].page_size)
-        assembled = await self._first_cycles(sim, tmp, settings)
+        # The floor runs right before each engine-first and engine-steady run: the same
+        # machine load, and the same process (heap) for the steady ones.
+        page_size = settings.engines[0].page_size
+        floor, floor_runs = Floor(hello["engine_url"], page_size), []
+
+        async def floor_run(_: int) -> None:
+            floor_runs.append(await self.measure(
+                "floor", floor.cycle, None, sim,
+                note=f"bare GET + orjson of every page ({page_size} rows), before each "
+                     "engine-first and engine-steady run"))
+
+        await floor.start()
+        try:
+            assembled = await self._first_cycles(sim, tmp, settings, floor_run)
+        except BaseException:
+            await floor.aclose()
+            raise
         daemon, pollers = assembled.daemon, assembled.pollers
         engine = pollers[Source.ENGINE]
         datadog = pollers[Source.DATADOG]
@@ -345,7 +372,10 @@ class Bench:
             await daemon.persist()
             await self.repeated("engine-steady", engine.poll_once, daemon, sim, args.repeat,
                                 note=f"no upstream change (after {drained} cycles drained the "
-                                     "first sightings' diagnosis lookups)")
+                                     "first sightings' diagnosis lookups)",
+                                before_each=floor_run)
+            await floor.aclose()
+            self.phases.insert(0, self._median(floor_runs))
             await self.persist_phase("persist-steady", daemon, sim, "after a no-change cycle")
 
             async def mutate_engine(i: int) -> None:
@@ -379,6 +409,7 @@ class Bench:
             await daemon.persist()
             await self._renders(daemon)
         finally:
+            await floor.aclose()
             await assembled.close()
         self.tracked = {
             "tracked": len(daemon.tracker),
