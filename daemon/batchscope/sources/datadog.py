@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
+import structlog
 
 from batchscope.model import CiMetadata, CiResult, DatadogBatchSnapshot
 from batchscope.sources.fetch import NotFound, PollError, RateLimit, get_json, ssl_context
@@ -167,6 +168,10 @@ class Pacer:
         self._remaining = 0
         self._reset_at = now + (seconds if seconds is not None else 5.0)
 
+    @property
+    def reset_at(self) -> float | None:
+        return self._reset_at
+
     def delay(self, now: float) -> float:
         """Seconds to wait before the next request (0: send now, and count it)."""
         if self._remaining is None:
@@ -203,6 +208,19 @@ class DatadogClient:
         self._on_progress = on_progress
         self.rate_limit: RateLimit | None = None
         self.pacer = Pacer()
+        self._told_window: float | None = None
+
+    def _tell_long_wait(self, wait: float) -> None:
+        """A rate-limit window that pauses polling for longer than a poll interval is said
+        once per window (the headers are capped, so it is at most MAX_UPSTREAM_WAIT)."""
+        interval = self.target.poll_interval or 5.0
+        window = self.pacer.reset_at
+        if wait > interval and window != self._told_window:
+            self._told_window = window
+            structlog.get_logger("batchscope").warning(
+                "target.waiting", source="datadog", target=self.target.name,
+                seconds=round(wait, 1), reason="rate_limited",
+                hint="X-RateLimit-Remaining is spent; polling resumes when the window resets")
 
     async def batch(self, batch_id: str) -> ParsedBatch | None:
         """The batch, or None while Datadog answers 404 for it.
@@ -212,6 +230,7 @@ class DatadogClient:
         """
         async with self._slots:
             while (wait := self.pacer.delay(time.monotonic())) > 0:
+                self._tell_long_wait(wait)
                 # Waiting for the rate-limit window is progress, not a wedged loop.
                 if self._on_progress is not None:
                     self._on_progress()
