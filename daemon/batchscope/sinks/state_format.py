@@ -22,12 +22,14 @@ from batchscope.model import (
 )
 from batchscope.tracker import (
     ConfiguredIds,
+    DatadogMemory,
     HistoryCursor,
     ResultSlot,
     TargetKey,
     TargetMemory,
     TrackedBatch,
 )
+from batchscope.tracker.pacing import LearntDurations
 
 
 def record_to_row(rec: TrackedBatch) -> dict[str, Any]:
@@ -140,6 +142,10 @@ def memory_to_meta(memory: dict[TargetKey, TargetMemory]) -> dict[str, Any]:
         if isinstance(value, HistoryCursor):
             meta[key] = {"watermark": value.watermark, "sweep_from": value.sweep_from,
                          "recent": value.recent}
+        elif isinstance(value, DatadogMemory):
+            # Beside "configured": versions that predate it read the entry all the same.
+            meta[key] = {"configured": value.configured.ids,
+                         "durations": value.durations.to_json()}
         else:
             meta[key] = {"configured": value.ids}
     return meta
@@ -168,5 +174,9 @@ def memory_from_meta(meta: dict[str, Any]) -> dict[TargetKey, TargetMemory]:
                 recent={str(b): float(t) for b, t in dict(recent).items()},
             )
         else:
-            memory[(source, name)] = ConfiguredIds([str(b) for b in value.get("configured", [])])
+            configured = ConfiguredIds([str(b) for b in value.get("configured", [])])
+            # Learnt durations are a cache: rows that cannot be read are dropped, not fatal.
+            memory[(source, name)] = (
+                configured if "durations" not in value
+                else DatadogMemory(configured, LearntDurations.from_json(value["durations"])))
     return memory

@@ -28,6 +28,7 @@ from batchscope.tracker.observations import (
     Observation,
     RuntimeListed,
 )
+from batchscope.tracker.pacing import LearntDurations
 from batchscope.tracker.records import Key, Outcome, TargetKey, TrackedBatch
 from batchscope.tracker.tracker import Tracker
 
@@ -73,8 +74,18 @@ class ConfiguredIds:
     ids: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class DatadogMemory:
+    """A Datadog target's memory once it has learnt how long its tests take: the configured
+    ids watched once, and the durations its adaptive polling learnt (``tracker/pacing.py``).
+    A target that has learnt nothing yet keeps :class:`ConfiguredIds` alone."""
+
+    configured: ConfiguredIds
+    durations: LearntDurations
+
+
 #: Per-target memory that survives restarts besides the records.
-TargetMemory = HistoryCursor | ConfiguredIds
+TargetMemory = HistoryCursor | ConfiguredIds | DatadogMemory
 
 
 @dataclass(slots=True)
@@ -100,6 +111,9 @@ class Core:
         self._engines: dict[str, _EngineState] = {}
         self._datadog: dict[str, DatadogWatch] = {}
         self._configured: dict[str, ConfiguredIds] = {}
+        # Learnt test durations per Datadog target, and their version last handed to a save.
+        self._durations: dict[str, LearntDurations] = {}
+        self._durations_saved: dict[str, int] = {}
         # Memory loaded from the state file for targets not (yet) configured.
         self._restored: dict[TargetKey, TargetMemory] = {}
         self._memory_changed = False
@@ -127,6 +141,7 @@ class Core:
                 self._lookups.forget(name)
             else:
                 self._configured.pop(name, None)
+                self._durations.pop(name, None)
             self._restored.pop((source, name), None)
             self._memory_changed = True
             out.notices.append(Notice("target.forgotten", "info", {
@@ -168,6 +183,11 @@ class Core:
     def _configure_datadog(self, watch: DatadogWatch, now: float, out: Outcome) -> None:
         self._datadog[watch.name] = watch
         restored = self._restored.pop((Source.DATADOG, watch.name), None)
+        if isinstance(restored, DatadogMemory):
+            if watch.name not in self._durations:
+                self._durations[watch.name] = restored.durations
+                self._durations_saved[watch.name] = restored.durations.version
+            restored = restored.configured
         memory = self._configured.get(watch.name)
         if memory is None:
             memory = restored if isinstance(restored, ConfiguredIds) else ConfiguredIds()
@@ -292,6 +312,15 @@ class Core:
     def datadog_targets(self) -> list[str]:
         return list(self._datadog)
 
+    def durations(self, target: str) -> LearntDurations:
+        """The test durations a Datadog target's polling learns from (and into); kept with
+        the state. The live object: what is learnt into it is saved with the next changes."""
+        learnt = self._durations.get(target)
+        if learnt is None:
+            learnt = self._durations[target] = LearntDurations()
+            self._durations_saved[target] = learnt.version
+        return learnt
+
     def watch(self, target: str, batch_id: str, now: float, out: Outcome) -> bool:
         """Start watching a CI batch; False when already watched or refused (full)."""
         added, outcome = self.tracker.datadog_watch(target, batch_id, now)
@@ -344,7 +373,9 @@ class Core:
 
     @property
     def has_changes(self) -> bool:
-        return self.tracker.has_changes or self._memory_changed
+        return self.tracker.has_changes or self._memory_changed or any(
+            learnt.version != self._durations_saved.get(name)
+            for name, learnt in self._durations.items())
 
     def take_changes(self) -> Changes:
         records, forgotten = self.tracker.take_changes()
@@ -364,5 +395,10 @@ class Core:
                 memory[(Source.ENGINE, name)] = HistoryCursor(
                     state.cursor.watermark, state.cursor.sweep_from, dict(state.cursor.recent))
         for name, configured in self._configured.items():
-            memory[(Source.DATADOG, name)] = ConfiguredIds(list(configured.ids))
+            ids = ConfiguredIds(list(configured.ids))
+            learnt = self._durations.get(name)
+            memory[(Source.DATADOG, name)] = (
+                ids if learnt is None or not len(learnt) else DatadogMemory(ids, learnt.copy()))
+            if learnt is not None:
+                self._durations_saved[name] = learnt.version
         return memory
