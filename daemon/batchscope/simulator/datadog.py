@@ -9,11 +9,14 @@ attempt has a new ``result_id``, ``retries`` 1 and ``initial_result_id``); skipp
 (execution rule, selective rerun) without location or result id; CI metadata as datadog-ci
 sends it (``git.commit.sha``); a freshly triggered batch briefly answering 404; 403
 ``{"errors": ["API key required"]}``; and calendar-aligned rate limiting with
-``X-RateLimit-*`` headers.
+``X-RateLimit-*`` headers (429s counted in ``rate_limited``). A batch's life can be scripted
+for exact times (:meth:`FakeDatadog.at`): results ending one after another, the batch after.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import random
 import secrets
@@ -190,6 +193,10 @@ class FakeDatadog(FaultInjector):
         self._location_ids: dict[str, int] = {name: i for i, name in enumerate(_LOCATIONS, 1)}
         self._window = -1
         self._window_used = 0
+        #: requests answered 429 by the rate limit (the pacing tests expect none)
+        self.rate_limited = 0
+        self._timeline: list[tuple[float, int, Callable[[], None]]] = []
+        self._timeline_order = itertools.count()
 
     # ----------------------------------------------------------------- control API
 
@@ -291,7 +298,21 @@ class FakeDatadog(FaultInjector):
 
     def batch(self, batch_id: str) -> CIBatch:
         """The batch model, for inspection; ``KeyError`` when unknown."""
+        self.advance()
         return self._batch(batch_id)
+
+    def at(self, when: float, change: Callable[[], None]) -> None:
+        """Script a change (``lambda: fake.finish(batch, "passed")``) for the moment the
+        fake's clock reaches ``when``: a batch's life with exact end times, whatever the
+        timing of the requests. Applied, in time order, before a batch is answered or
+        inspected (and by :meth:`advance`)."""
+        heapq.heappush(self._timeline, (when, next(self._timeline_order), change))
+
+    def advance(self) -> None:
+        """Apply the scripted changes that are due by now."""
+        now = self.clock()
+        while self._timeline and self._timeline[0][0] <= now:
+            heapq.heappop(self._timeline)[2]()
 
     def batch_ids(self) -> list[str]:
         """Ids of all known batches, in creation order."""
@@ -380,6 +401,7 @@ class FakeDatadog(FaultInjector):
             return await handler(request)
         allowed, headers = self._spend_rate_limit(self.rate_limit)
         if not allowed:
+            self.rate_limited += 1
             return _errors(429, "Too many requests", headers)
         response = await handler(request)
         response.headers.update(headers)
@@ -409,6 +431,7 @@ class FakeDatadog(FaultInjector):
         return self._window_used <= limit, headers
 
     async def _get_batch(self, request: web.Request) -> web.Response:
+        self.advance()
         batch = self._batches.get(request.match_info["batch_id"])
         if batch is None or self.clock() - batch.created_at < self.not_found_for:
             return _errors(404, "Batch does not exist.")
