@@ -174,10 +174,11 @@ async def test_datadog_failed_unknown_and_vanished(logs: LogLines) -> None:
     async with running_stack() as stack:
         dd = stack.datadog
         failing, odd = dd.create_batch(), dd.create_batch()
-        for batch in (failing, odd, "never-existed"):
-            assert (await post(stack, {"batch_id": batch}))[0] == 201
+        # Before the watch: a new watch is polled at once (first sighting).
         dd.finish(failing, "failed")
         dd.set_status(odd, "exploded")
+        for batch in (failing, odd, "never-existed"):
+            assert (await post(stack, {"batch_id": batch}))[0] == 201
         await wait_until(lambda: ("none", "failed") in transitions(logs, failing))
         await wait_until(lambda: logs.events("datadog.unknown_status", batch_id=odd))
         await wait_until(lambda: ("none", "vanished") in transitions(logs, "never-existed"))

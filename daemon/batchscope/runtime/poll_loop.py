@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from batchscope.model import ErrorReason
-from batchscope.runtime.pollers import Clock, TargetPoller
+from batchscope.runtime.pollers import Clock, DatadogPoller, TargetPoller
 from batchscope.settings import DatadogTarget, EngineTarget
 from batchscope.sinks.logs import EventLog, get_logger
 from batchscope.sinks.metrics import Metrics
@@ -29,6 +29,33 @@ def backoff_delay(interval: float, failures: int, retry_after: float | None,
     if retry_after is not None:
         delay = max(delay, min(retry_after, cap))  # never parked for an upstream's whim
     return delay
+
+
+def next_delay(poller: TargetPoller) -> float:
+    """Seconds to the next cycle after a successful one: the interval, or for an adaptive
+    Datadog poller until its next batch is due (never longer than the interval)."""
+    if isinstance(poller, DatadogPoller):
+        return poller.next_delay()
+    return poller.interval
+
+
+async def _pause(poller: TargetPoller, stop: asyncio.Event, delay: float,
+                 early: bool) -> None:
+    """Wait ``delay`` seconds or until ``stop``; with ``early``, an adaptive Datadog poller
+    is looked at every ``tick`` and the wait ends when a batch was watched meanwhile (its
+    first sighting is polled at once, not at the next due batch)."""
+    if not (early and isinstance(poller, DatadogPoller) and poller.adaptive):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        return
+    loop = asyncio.get_running_loop()
+    end = loop.time() + delay
+    while not stop.is_set():
+        left = end - loop.time()
+        if left <= 0 or poller.wants_poll():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), min(left, poller.tick))
 
 
 def classify_unexpected(exc: Exception) -> PollError:
@@ -91,7 +118,7 @@ async def poll_forever(
                 if rt.up is False:
                     log_sink.target_up(source.value, name)
                 rt.up = True
-            delay = poller.interval
+            delay = next_delay(poller)
             waiting_logged = False
         else:
             failures += 1
@@ -109,5 +136,4 @@ async def poll_forever(
                             seconds=round(error.retry_after, 1), reason=error.reason)
         poller.heartbeat.expect_within(delay)
         after_poll()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
+        await _pause(poller, stop, delay, early=error is None)

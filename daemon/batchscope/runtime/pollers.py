@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from batchscope.model import ErrorReason, FailedJob, Notice, Source
+from batchscope.model import DatadogBatchSnapshot, ErrorReason, FailedJob, Notice, Source
 from batchscope.sources.datadog import DatadogClient
 from batchscope.sources.engine import EngineClient, SkippedRow
 from batchscope.sources.fetch import PollError, RateLimit
@@ -29,6 +29,7 @@ from batchscope.tracker.observations import (
     HistorySwept,
     RuntimeListed,
 )
+from batchscope.tracker.pacing import Schedule
 
 Publish = Callable[[Outcome], None]
 Clock = Callable[[], float]
@@ -258,34 +259,111 @@ class EnginePoller(TargetPoller):
 
 
 class DatadogPoller(TargetPoller):
+    """Polls a Datadog target's watched CI batches.
+
+    Adaptive (the default; ``tracker/pacing.py``): a cycle asks only about the batches that
+    are due, in waves no larger than the rate limit allows, and :meth:`next_delay` says when
+    the next one is due. The answers teach the schedule (and the core's learnt durations).
+    With ``adaptive=False`` every cycle asks about every batch, every ``interval``: fixed
+    polling, as before (the latency benchmark's baseline).
+    """
+
     source = Source.DATADOG
 
     def __init__(self, name: str, interval: float, core: Core, client: DatadogClient,
-                 publish: Publish, clock: Clock, heartbeat: Heartbeat) -> None:
+                 publish: Publish, clock: Clock, heartbeat: Heartbeat, *,
+                 adaptive: bool = True) -> None:
         super().__init__(name, interval, core, publish, clock, heartbeat)
         self.client = client
+        self.adaptive = adaptive
+        self.schedule = Schedule(interval, core.durations(name))
         self._failing: dict[str, str] = {}  # batch id -> reason, logged once per change
+        self._synced = -1  # the tracker version the schedule was last synced with
+        self._checked = -1  # ... and last checked for new watches
+        self._rate_seen: RateLimit | None = None
 
     @property
     def rate_limit(self) -> RateLimit | None:
         return self.client.rate_limit
 
+    @property
+    def tick(self) -> float:
+        """How often the poll loop looks for new watches while it waits."""
+        return max(0.01, min(0.25, self.interval / 20))
+
+    def next_delay(self) -> float:
+        """Seconds until the next cycle: until a batch is due (and the rate limit lets it
+        go), at most ``interval``."""
+        if not self.adaptive:
+            return self.interval
+        now = self.clock()
+        wake = self.schedule.next_due(now)
+        if wake is None:
+            return self.interval
+        blocked = self.schedule.rate.wait_until(now)
+        if blocked is not None:
+            wake = max(wake, blocked)
+        return min(self.interval, max(0.001, wake - now))
+
+    def wants_poll(self) -> bool:
+        """Whether a batch was watched since the last cycle (a first sighting is polled at
+        once). Cheap: the watch list is looked at only when the tracker's records changed."""
+        version = self.core.tracker.version
+        if not self.adaptive or version == self._checked:
+            return False
+        self._checked = version
+        return any(b not in self.schedule for b in self.core.watched(self.name))
+
     async def poll_once(self) -> None:
-        batch_ids = self.core.watched(self.name)
+        if not self.adaptive:
+            await self._poll_batches(self.core.watched(self.name))
+            return
+        self._sync()
+        while True:
+            now = self.clock()
+            batch_ids = self.schedule.take_due(now, self.schedule.rate.allowance(now))
+            if not batch_ids:
+                return
+            self.schedule.rate.spend(len(batch_ids))
+            await self._poll_batches(batch_ids)
+
+    def _sync(self) -> None:
+        """New watches join the schedule (due at once), unwatched batches leave it."""
+        version = self.core.tracker.version
+        if version == self._synced:
+            return
+        self._synced = version
+        now = self.clock()
+        watched: dict[str, float] = {}
+        for batch_id in self.core.watched(self.name):
+            rec = self.core.get(Source.DATADOG, self.name, batch_id)
+            watched[batch_id] = rec.first_seen if rec is not None else now
+        self.schedule.sync(watched, now)
+        self._failing = {b: r for b, r in self._failing.items() if b in watched}
+
+    async def _poll_batches(self, batch_ids: list[str]) -> None:
         results = await asyncio.gather(*(self._poll_batch(b) for b in batch_ids),
                                        return_exceptions=True)
         failures = [(b, r) for b, r in zip(batch_ids, results, strict=True)
                     if isinstance(r, BaseException)]
         # Credentials, the network or the rate limit concern the whole target; one batch
-        # answering garbage or 5xx must not mark the target down or slow the others.
+        # answering garbage or 5xx must not mark the target down or slow the others. The
+        # target is down when every batch failed at its latest request.
         for _, error in failures:
             if not isinstance(error, PollError) or error.reason in ErrorReason.target_wide():
                 raise error
-        if failures and len(failures) == len(batch_ids):
+        every = (self.schedule.all_failing() if self.adaptive
+                 else len(failures) == len(batch_ids))
+        if failures and every:
             raise failures[0][1]
         errors = {b: r for b, r in failures if isinstance(r, PollError)}
         newly = [b for b, r in errors.items() if self._failing.get(b) != r.reason]
-        self._failing = {b: r.reason for b, r in errors.items()}
+        if self.adaptive:
+            for batch_id in batch_ids:
+                self._failing.pop(batch_id, None)
+            self._failing.update((b, r.reason) for b, r in errors.items())
+        else:
+            self._failing = {b: r.reason for b, r in errors.items()}
         if newly:
             self.publish(Outcome(notices=[
                 Notice("datadog.batch_error", "warning", {
@@ -296,11 +374,18 @@ class DatadogPoller(TargetPoller):
             ]))
 
     async def _poll_batch(self, batch_id: str) -> None:
-        parsed = await self.client.batch(batch_id)
+        try:
+            parsed = await self.client.batch(batch_id)
+        except BaseException as exc:
+            self._request_failed(batch_id, exc)
+            raise
+        now = self.clock()
+        self._rate_observed(now)
         if parsed is None:
-            self.publish(self.core.apply(self.key, CiBatchNotFound(batch_id), self.clock()))
+            self.publish(self.core.apply(self.key, CiBatchNotFound(batch_id), now))
+            self._answered(batch_id, None, now)
             return
-        outcome = self.core.apply(self.key, CiBatchSeen(parsed.snapshot), self.clock())
+        outcome = self.core.apply(self.key, CiBatchSeen(parsed.snapshot), now)
         outcome.notices.extend(
             Notice("upstream.entry_skipped", "warning", {
                 "source": self.source.value, "target": self.name, "batch_id": batch_id,
@@ -309,3 +394,34 @@ class DatadogPoller(TargetPoller):
             for error in parsed.skipped_results
         )
         self.publish(outcome)
+        self._answered(batch_id, parsed.snapshot, now)
+
+    def _answered(self, batch_id: str, snapshot: DatadogBatchSnapshot | None,
+                  now: float) -> None:
+        if not self.adaptive:
+            return
+        self.schedule.answered(batch_id, snapshot, now)  # the last answer teaches too
+        rec = self.core.get(Source.DATADOG, self.name, batch_id)
+        if rec is None or rec.terminal:
+            self.schedule.drop(batch_id)  # terminal batches are not polled again
+
+    def _request_failed(self, batch_id: str, exc: BaseException) -> None:
+        if not self.adaptive:
+            return
+        now = self.clock()
+        if isinstance(exc, PollError):
+            if exc.reason not in (ErrorReason.TIMEOUT, ErrorReason.CONNECTION):
+                self._rate_observed(now, exc.rate_limit)  # an answer, if not a good one
+            if exc.reason == ErrorReason.RATE_LIMITED:
+                self.schedule.rate.throttled()
+        self.schedule.failed(batch_id, now)
+
+    def _rate_observed(self, now: float, rate_limit: RateLimit | None = None) -> None:
+        """The rate-limit headers of the answer just received (the client keeps the latest
+        it saw: an answer without them leaves the previous ones, seen already)."""
+        rl = rate_limit if rate_limit is not None else self.client.rate_limit
+        if rl is None or rl is self._rate_seen:
+            self.schedule.rate.observe(None, None, None, now)
+            return
+        self._rate_seen = rl
+        self.schedule.rate.observe(rl.limit, rl.remaining, rl.reset, now)
