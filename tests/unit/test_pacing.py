@@ -110,9 +110,11 @@ class Run:
 
 def run(schedule: Schedule, lives: list[Life], *, until: float = 1e6,
         fails: Callable[[str, int], bool] = lambda batch, n: False,
-        late: Callable[[], float] = lambda: 0.0) -> Run:
+        late: Callable[[], float] = lambda: 0.0,
+        latency: Callable[[], float] = lambda: 0.0) -> Run:
     """Drive ``schedule`` the way the poller does: wake at the next due time (plus
-    ``late()``, a loop running behind), ask about what is due, hand the answers back."""
+    ``late()``, a loop running behind), ask about what is due, hand the answers back
+    ``latency()`` seconds later (a request's round trip)."""
     out = Run()
     joining = sorted(lives, key=lambda life: life.origin + life.watch_delay)
     live = {life.batch_id: life for life in lives}
@@ -131,13 +133,14 @@ def run(schedule: Schedule, lives: list[Life], *, until: float = 1e6,
         for batch_id in schedule.take_due(now):
             polls = out.polls.setdefault(batch_id, [])
             polls.append(now)
+            answer = now + latency()
             if fails(batch_id, len(polls)):
-                schedule.failed(batch_id, now)
+                schedule.failed(batch_id, answer)
                 continue
-            snapshot = live[batch_id].snapshot(now)
-            schedule.answered(batch_id, snapshot, now)
+            snapshot = live[batch_id].snapshot(answer)
+            schedule.answered(batch_id, snapshot, answer)
             if snapshot is not None and snapshot.status != "in_progress":
-                out.seen_end[batch_id] = now
+                out.seen_end[batch_id] = answer
                 schedule.drop(batch_id)
     return out
 
@@ -202,13 +205,14 @@ def lives_and_knowledge(draw: st.DrawFn) -> tuple[float, list[Life], LearntDurat
 def test_never_more_requests_than_fixed_polling_and_never_a_longer_gap(
         case: tuple[float, list[Life], LearntDurations], seed: int) -> None:
     """Whatever the batches do (results ending early or late, retries, 404s at first, tests
-    known, wrongly known or unknown) and whatever requests fail: a batch is asked about at
-    once when it is new, never more often by any instant than fixed polling would have, and
-    never more than 2 x poll_interval apart; and its end is seen."""
+    known, wrongly known or unknown), however long the requests take and whichever fail: a
+    batch is asked about at once when it is new, never more often by any instant than fixed
+    polling would have, and never more than 2 x poll_interval apart; and its end is seen."""
     interval, lives, learnt = case
     rng = random.Random(seed)
     schedule = Schedule(interval, learnt)
-    result = run(schedule, lives, fails=lambda batch, n: rng.random() < 0.1)
+    result = run(schedule, lives, fails=lambda batch, n: rng.random() < 0.1,
+                 latency=lambda: rng.uniform(0, 0.2 * interval))
     assert_within_bounds(result, interval, schedule.policy.max_gap)
     assert set(result.seen_end) == {life.batch_id for life in lives}
     for life in lives:
@@ -287,6 +291,8 @@ def test_a_late_batch_is_polled_closely_then_back_to_every_interval() -> None:
 
 
 def test_a_new_batch_is_due_at_once_and_a_failed_request_is_retried_within_bounds() -> None:
+    """First sighting: due the moment it is added. A failed request is asked again half an
+    interval later at the earliest, and the budget still holds (not before start + P)."""
     schedule = Schedule(5.0)
     schedule.add("b", origin=90.0, now=100.0)
     assert schedule.take_due(100.0) == ["b"]
@@ -297,6 +303,8 @@ def test_a_new_batch_is_due_at_once_and_a_failed_request_is_retried_within_bound
 
 
 def test_take_due_honours_the_rate_allowance_longest_due_first() -> None:
+    """A wave takes at most what the rate limit allows, the longest due first; the rest
+    stay due for the next wave."""
     schedule = Schedule(5.0)
     for n in range(5):
         schedule.add(f"b{n}", 0.0, float(n))
@@ -357,6 +365,8 @@ def test_learns_when_each_test_ended_after_its_batch_started() -> None:
 
 
 def test_the_estimate_follows_a_test_that_got_slower() -> None:
+    """A test that now takes twice as long: within a dozen batches the mean is there and
+    the deviation small again."""
     learnt = LearntDurations()
     key = ("t", "l", "")
     for _ in range(3):
@@ -481,6 +491,8 @@ def test_the_rate_window_never_lets_a_request_meet_a_429(
 
 
 def test_a_429_makes_the_next_wave_a_single_request() -> None:
+    """Before any answer and after a 429 one request probes; otherwise what is left minus
+    the reserve; an upstream that sends no rate-limit headers is not limited."""
     window = RateWindow()
     assert window.allowance(0.0) == 1  # before any answer
     window.observe(100, 80, 30.0, 0.0)
@@ -492,6 +504,8 @@ def test_a_429_makes_the_next_wave_a_single_request() -> None:
 
 
 def test_policy_bounds_follow_poll_interval() -> None:
+    """The longest gap is 2 x poll_interval, the densest spacing poll_interval / 20; the
+    budget by t is what polling every poll_interval from the start makes by t."""
     policy = PacingPolicy(5.0)
     assert (policy.max_gap, policy.min_gap) == (10.0, 0.25)
     assert [policy.allowed_by(0.0, t) for t in (0.0, 4.99, 5.0, 12.0)] == [1, 1, 2, 3]
