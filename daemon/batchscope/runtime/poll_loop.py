@@ -33,9 +33,13 @@ def backoff_delay(interval: float, failures: int, retry_after: float | None,
 
 def next_delay(poller: TargetPoller) -> float:
     """Seconds to the next cycle after a successful one: the interval, or for an adaptive
-    Datadog poller until its next batch is due (never longer than the interval)."""
+    Datadog poller until its next batch is due (never longer than the interval). A bug in
+    the schedule falls back to the interval: it never ends the loop."""
     if isinstance(poller, DatadogPoller):
-        return poller.next_delay()
+        try:
+            return poller.next_delay()
+        except Exception:
+            log.exception("poll.crashed", source=poller.source.value, target=poller.name)
     return poller.interval
 
 
@@ -52,10 +56,17 @@ async def _pause(poller: TargetPoller, stop: asyncio.Event, delay: float,
     end = loop.time() + delay
     while not stop.is_set():
         left = end - loop.time()
-        if left <= 0 or poller.wants_poll():
+        if left <= 0 or _wants_poll(poller):
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), min(left, poller.tick))
+
+
+def _wants_poll(poller: DatadogPoller) -> bool:
+    try:
+        return poller.wants_poll()
+    except Exception:
+        return False  # the cycle at the end of the wait meets (and logs) the same trouble
 
 
 def classify_unexpected(exc: Exception) -> PollError:
