@@ -111,7 +111,8 @@ class Daemon:
             name=f"poll {poller.source}:{poller.name}")
 
     def _after_poll(self) -> None:
-        self._persist_wanted.set()
+        # An adaptive Datadog loop runs several cycles a second: only changes are saved.
+        self._changed()
         self.health.notify_progress()
 
     async def _stop_target(self, key: tuple[Source, str], timeout: float) -> None:

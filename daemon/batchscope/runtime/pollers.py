@@ -281,6 +281,7 @@ class DatadogPoller(TargetPoller):
         self._synced = -1  # the tracker version the schedule was last synced with
         self._checked = -1  # ... and last checked for new watches
         self._rate_seen: RateLimit | None = None
+        self._told_window: float | None = None  # the rate-limit window last said
 
     @property
     def rate_limit(self) -> RateLimit | None:
@@ -321,11 +322,27 @@ class DatadogPoller(TargetPoller):
         self._sync()
         while True:
             now = self.clock()
-            batch_ids = self.schedule.take_due(now, self.schedule.rate.allowance(now))
+            allowance = self.schedule.rate.allowance(now)
+            if allowance == 0:
+                self._tell_wait(now)
+            batch_ids = self.schedule.take_due(now, allowance)
             if not batch_ids:
                 return
             self.schedule.rate.spend(len(batch_ids))
             await self._poll_batches(batch_ids)
+
+    def _tell_wait(self, now: float) -> None:
+        """A spent rate-limit window that pauses polling for longer than a poll interval is
+        said once per window (its reset is capped by the source, MAX_UPSTREAM_WAIT)."""
+        until = self.schedule.rate.wait_until(now)
+        if until is None or until - now <= self.interval or until == self._told_window:
+            return
+        self._told_window = until
+        self.publish(Outcome(notices=[Notice("target.waiting", "warning", {
+            "source": self.source.value, "target": self.name,
+            "seconds": round(until - now, 1), "reason": "rate_limited",
+            "hint": "X-RateLimit-Remaining is spent; polling resumes when the window resets",
+        })]))
 
     def _sync(self) -> None:
         """New watches join the schedule (due at once), unwatched batches leave it."""

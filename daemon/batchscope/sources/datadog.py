@@ -155,6 +155,7 @@ class Pacer:
         self._remaining: int | None = None
         self._reserve = 1
         self._reset_at: float | None = None
+        self.window_from_headers = False  # the wait is the upstream's window, not a 429's
 
     def update(self, rate_limit: RateLimit, now: float) -> None:
         self._remaining = rate_limit.remaining
@@ -162,11 +163,13 @@ class Pacer:
             self._reserve = max(1, int(rate_limit.limit * self._reserve_fraction))
         if rate_limit.reset is not None:
             self._reset_at = now + rate_limit.reset
+            self.window_from_headers = True
 
     def blocked_for(self, seconds: float | None, now: float) -> None:
         """After a 429: nothing may be sent until the given delay has passed."""
         self._remaining = 0
         self._reset_at = now + (seconds if seconds is not None else 5.0)
+        self.window_from_headers = False  # the poll loop's backoff says this one
 
     @property
     def reset_at(self) -> float | None:
@@ -215,7 +218,7 @@ class DatadogClient:
         once per window (the headers are capped, so it is at most MAX_UPSTREAM_WAIT)."""
         interval = self.target.poll_interval or 5.0
         window = self.pacer.reset_at
-        if wait > interval and window != self._told_window:
+        if wait > interval and window != self._told_window and self.pacer.window_from_headers:
             self._told_window = window
             structlog.get_logger("batchscope").warning(
                 "target.waiting", source="datadog", target=self.target.name,
