@@ -16,7 +16,6 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from batchscope.http.openapi import openapi_document
 from batchscope.http.page import Asset, load_assets
@@ -34,6 +33,7 @@ from batchscope.http.views import batch_detail, batch_view
 from batchscope.model import BATCH_ID_RULE, Source, State, is_valid_batch_id
 from batchscope.settings import HttpSettings
 from batchscope.sinks.logs import get_logger
+from batchscope.sinks.metrics import metrics_handler
 from batchscope.tracker import Key, TrackedBatch
 
 PORTS: web.AppKey[ApiPorts] = web.AppKey("ports")
@@ -366,7 +366,7 @@ def build_app(ports: ApiPorts, registry: CollectorRegistry, http: HttpSettings, 
     app.on_response_prepare.append(security_headers)
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static_asset)
-    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_get("/metrics", metrics_handler(registry))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/batches", list_batches)

@@ -111,6 +111,23 @@ class RecordChanges:
     forgotten: list[Key]
 
 
+class ChangedKeys(set[Key]):
+    """The keys changed since the last save (``RecordBook.dirty``). ``added`` counts every
+    ``add`` ever made, saves or not: whatever is persisted changes only through an add, so
+    a reader of the records (the metrics' rendered per-batch series) can tell that nothing
+    it shows changed since it last looked."""
+
+    __slots__ = ("added",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.added = 0
+
+    def add(self, key: Key) -> None:
+        self.added += 1
+        super().add(key)
+
+
 class RecordBook:
     """Every tracked batch, indexed for the pollers (active), expiry (ended) and metrics."""
 
@@ -123,6 +140,7 @@ class RecordBook:
         self.records: dict[Key, TrackedBatch] = {}
         self._per_source: Counter[Source] = Counter()
         self.version = 0  # changes whenever a record is added or forgotten
+        self.state_changes = 0  # changes whenever a record changes state
         # While set, events get UNNUMBERED: their seq is given by number() when they are
         # published, so events held back for a lookup never log out of seq order.
         self.deferred_numbering = False
@@ -135,7 +153,7 @@ class RecordBook:
         # the front.
         self._ended_by_source: dict[Source, dict[Key, None]] = {s: {} for s in Source}
         self.counts: Counter[tuple[Source, str, State]] = Counter()
-        self.dirty: set[Key] = set()
+        self.dirty = ChangedKeys()
         self.forgotten: set[Key] = set()
         self.evictions = 0
         self.refused = 0
@@ -213,6 +231,12 @@ class RecordBook:
             if rec.key in self.records:
                 self.dirty.add(rec.key)
         self.forgotten.update(k for k in forgotten if k not in self.records)
+
+    @property
+    def changes(self) -> tuple[int, int]:
+        """Changes whenever a record is added, forgotten, or changes anything persisted
+        (state, counts, results, diagnosis): what a cache of the records is keyed by."""
+        return (self.version, self.dirty.added)
 
     @property
     def has_changes(self) -> bool:
@@ -300,6 +324,7 @@ class RecordBook:
         self.counts[(rec.source, rec.target, state)] += 1
         rec.state = state
         rec.state_since = now
+        self.state_changes += 1
         self.dirty.add(rec.key)
         if rec.terminal:
             self.active.get((rec.source, rec.target), {}).pop(rec.batch_id, None)
