@@ -363,24 +363,32 @@ def test_a_longer_stall_after_takes_a_stalled_batch_back_without_a_row_change() 
     assert [e.to_state for e in out.events] == [State.STALLED]
 
 
-def test_the_memory_forgets_batches_gone_from_every_listing() -> None:
-    """Rows of batches no longer listed are dropped once enough new batches came after them;
-    the listed ones stay remembered (same snapshot) however long they run, and the memory
-    never holds more than about three times what is listed."""
+def test_the_memory_keeps_what_the_tracker_holds_and_forgets_the_rest() -> None:
+    """A row whose snapshot the tracker still holds (its last applied row) survives every
+    pruning, however many batches come and go; rows nothing holds any more (batches listed
+    once, or forgotten by the tracker) are dropped: the memory stays bounded."""
     memory = engine_json._PARSED_ROWS
     memory.clear()
-    limit = engine_json._ParsedRows.MIN_LOOKUPS
-    live = over_http([raw_row(f"live-{i}") for i in range(50)])
-    snapshots = [parse_statistics_row(r) for r in live]
-    for round_ in range(4 * limit // 100):
+    limit = engine_json._ParsedRows.MIN_PARSES
+    tracker = Tracker(retention=10.0, max_tracked=1000)
+    live = [raw_row(f"live-{i}") for i in range(50)]
+    tracker.engine_runtime(T, [parse_statistics_row(r) for r in over_http(live)], START, STALL)
+    applied = {b: r.runtime_row for b, r in tracker.active_for(Source.ENGINE, T).items()}
+    for round_ in range(6 * limit // 100):
         # Each listing: the live batches, and 100 that are listed once and never again.
         for raw in over_http([raw_row(f"gone-{round_}-{i}") for i in range(100)]):
             parse_statistics_row(raw)
-        again = [parse_statistics_row(r) for r in over_http(live)]
-        assert all(a is s for a, s in zip(again, snapshots, strict=True))
-        assert len(memory) <= 3 * limit
+        again = {r.batch_id: r for r in (parse_statistics_row(x) for x in over_http(live))}
+        assert all(again[b] is applied[b] for b in applied)  # never parsed again
+        assert len(memory) <= 50 + 2 * limit
     assert "gone-0-0" not in memory
-    assert all(f"live-{i}" in memory for i in range(50))
+    # The tracker forgets the live batches (ended, then past retention): so does the memory.
+    for batch_id in applied:
+        tracker.engine_resolve(T, batch_id, None, START + 1)
+    tracker.expire(START + 100)
+    del applied, again
+    memory.prune()
+    assert not any(k.startswith("live-") for k in memory.entries)
 
 
 # --------------------------------------------------------------------------- dates

@@ -14,6 +14,8 @@ very same snapshot object while the row stays the same, so an unchanged row cost
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any, Final
@@ -206,14 +208,26 @@ def _row(row: object) -> dict[str, Any]:
 
 
 def row_id(row: object) -> str | None:
-    """Best-effort id of a row, for naming a skipped entry in a log line."""
-    if isinstance(row, dict):
+    """Best-effort id of a row, for naming a skipped entry in a log line (and for the
+    paging guard, once per row of every page)."""
+    if type(row) is dict or isinstance(row, dict):
         value = row.get("id")
         if type(value) is str:
             return value
         if isinstance(value, str):
             return str(value)
     return None
+
+
+def _references(entries: dict[str, _Entry]) -> dict[str, int]:
+    """The reference count of each entry's snapshot, as this very expression sees it."""
+    return {k: _getrefcount(e[1]) for k, e in entries.items()}
+
+
+def _referenced(entries: dict[str, _Entry], alone: int) -> dict[str, _Entry]:
+    """The entries whose snapshot something else holds too (the same expression shape as
+    :func:`_references`, so that ``alone`` is the count of one held by its entry only)."""
+    return {k: e for k, e in entries.items() if _getrefcount(e[1]) > alone}
 
 
 class _ParsedRows:
@@ -225,61 +239,63 @@ class _ParsedRows:
     than the decoded values, which would take ``1`` for ``true`` or ``1.0`` (rows the full
     parse refuses).
 
-    The memory is bounded without knowing where a listing ends: entries live in
-    ``current``; after twice as many lookups as it holds (at least :attr:`MIN_LOOKUPS`),
-    ``current`` becomes ``previous`` and the old ``previous`` is dropped. A batch still
-    listed is looked up again within that many lookups and moves back to ``current``; one
-    no longer listed anywhere is gone after two rotations. So it holds about the rows of
-    the last few listings, and a lookup costs one counter on top of the dict's.
+    The memory is bounded without knowing where a listing ends or which batches are gone,
+    and costs nothing on the unchanged row's path: after as many parses (new or changed
+    rows) as it holds (at least :attr:`MIN_PARSES`), it keeps only the entries whose
+    snapshot something else still holds. The tracker holds the last row it applied of
+    every batch it tracks (``TrackedBatch.runtime_row``), so a batch still running is never
+    forgotten, and one the tracker forgot is dropped at the next pruning: it holds about
+    as many rows as the tracker has engine batches.
     """
 
-    MIN_LOOKUPS: Final = 4096
+    MIN_PARSES: Final = 4096
 
-    __slots__ = ("current", "lookups", "previous")
+    __slots__ = ("entries", "parses", "prune_at")
 
     def __init__(self) -> None:
-        self.current: dict[str, tuple[bytes, EngineBatchSnapshot, tuple[DateProblem, ...]]]
-        self.previous: dict[str, tuple[bytes, EngineBatchSnapshot, tuple[DateProblem, ...]]]
-        self.current, self.previous = {}, {}
-        self.lookups = self.MIN_LOOKUPS  # left before the next rotation
-
-    def rotate(self) -> None:
-        self.previous, self.current = self.current, {}
-        self.lookups = max(self.MIN_LOOKUPS, 2 * len(self.previous))
-
-    def earlier(self, batch_id: str
-                ) -> tuple[bytes, EngineBatchSnapshot, tuple[DateProblem, ...]] | None:
-        """The entry of a batch not looked up since the last rotation (back in current)."""
-        if self.lookups <= 0:
-            self.rotate()
-        entry = self.previous.pop(batch_id, None)
-        if entry is not None:
-            self.current[batch_id] = entry
-        return entry
+        self.entries: dict[str, _Entry] = {}
+        self.parses = 0  # since the last pruning
+        self.prune_at = self.MIN_PARSES
 
     def remember(self, batch_id: str, text: bytes, row: dict[str, Any],
                  problems: list[DateProblem] | None) -> EngineBatchSnapshot:
         """Parse a row not remembered (or changed) and remember it."""
         found: list[DateProblem] = []
         snapshot = _parse_statistics_row(row, found)  # BadRow: not remembered
-        self.previous.pop(batch_id, None)
+        self.parses += 1
+        if self.parses >= self.prune_at:
+            self.prune()
         # A copy: orjson's own bytes object keeps its whole output buffer (~8 KiB
         # whatever the text's length), 80 MB for 10,000 rows.
-        self.current[batch_id] = (memoryview(text).tobytes(), snapshot, tuple(found))
+        self.entries[batch_id] = (memoryview(text).tobytes(), snapshot, tuple(found))
         if problems is not None:
             problems.extend(found)
         return snapshot
 
+    def prune(self) -> None:
+        """Forget the rows whose snapshot nothing else holds any more."""
+        self.entries = _referenced(self.entries, _UNHELD)
+        self.parses = 0
+        self.prune_at = max(self.MIN_PARSES, len(self.entries))
+
     def __len__(self) -> int:
-        return len(self.current) + len(self.previous)
+        return len(self.entries)
 
     def __contains__(self, batch_id: str) -> bool:
-        return batch_id in self.current or batch_id in self.previous
+        return batch_id in self.entries
 
     def clear(self) -> None:
-        self.current.clear()
-        self.previous.clear()
-        self.lookups = self.MIN_LOOKUPS
+        self.entries.clear()
+        self.parses = 0
+        self.prune_at = self.MIN_PARSES
+
+
+_Entry = tuple[bytes, EngineBatchSnapshot, tuple[DateProblem, ...]]
+# CPython's reference counts; a Python without them prunes everything (0 > 0 never holds).
+_getrefcount: Final[Callable[[object], int]] = getattr(sys, "getrefcount", lambda _: 0)
+# The count _referenced sees for a snapshot only its entry holds.
+_UNHELD: Final = _references(
+    {"": (b"", EngineBatchSnapshot("", "", JobCounts(0, 0, 0, 0, 0), False), ())})[""]
 
 
 _PARSED_ROWS: Final = _ParsedRows()
@@ -314,8 +330,7 @@ def parse_statistics_row(
                 return _parse_statistics_row(raw, problems)
             # Per row of every listing: the unchanged row's path, kept short.
             memory = _PARSED_ROWS
-            memory.lookups -= 1
-            entry = memory.current.get(batch_id) or memory.earlier(batch_id)
+            entry = memory.entries.get(batch_id)
             if entry is not None and entry[0] == text:
                 if entry[2] and problems is not None:
                     problems.extend(entry[2])
