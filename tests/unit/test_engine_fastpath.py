@@ -6,7 +6,8 @@ batch's row and hands out the same snapshot object while the row's JSON text sta
 unchanged and only checks it against the clock. These tests drive two pipelines side by side
 over random upstream histories:
 
-* the fast one: ``parse_statistics_row`` (with its memory) into a tracker, as the daemon does;
+* the fast one: ``parse_statistics_page`` (``parse_statistics_row`` with its memory, a page
+  at a time) into a tracker, as the daemon does;
 * the reference: the full parse (``_parse_statistics_row_checked``, the parse as it always was)
   into another tracker, which then gets a fresh snapshot object for every row and so never
   takes the fast path;
@@ -29,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchscope.model import Source, State
+from batchscope.model import EngineBatchSnapshot, Source, State
 from batchscope.sinks.state_format import record_from_row, record_to_row
 from batchscope.sources import engine_json
 from batchscope.sources.engine_json import (
@@ -38,6 +39,7 @@ from batchscope.sources.engine_json import (
     _parse_date,
     _parse_statistics_row_checked,
     parse_engine_date,
+    parse_statistics_page,
     parse_statistics_row,
     row_id,
 )
@@ -183,15 +185,16 @@ class Pipeline:
     def poll(self, raws: list[object], now: float, stall_after: float
              ) -> tuple[Outcome, list[tuple[str | None, str]], list[DateProblem]]:
         problems: list[DateProblem] = []
-        rows, skipped = [], []
-        for raw in raws:
-            try:
-                if self.fast:
-                    rows.append(parse_statistics_row(raw, problems))
-                else:
+        rows: list[EngineBatchSnapshot] = []
+        skipped: list[tuple[str | None, str]] = []
+        if self.fast:
+            rows, skipped = parse_statistics_page(raws, problems)
+        else:
+            for raw in raws:
+                try:
                     rows.append(_parse_statistics_row_checked(raw, problems))
-            except BadRow as exc:
-                skipped.append((row_id(raw), str(exc)))
+                except BadRow as exc:
+                    skipped.append((row_id(raw), str(exc)))
         unreadable = frozenset(b for b, _ in skipped if b is not None)
         out = self.tracker.engine_runtime(T, rows, now, stall_after, unreadable)
         return out, skipped, problems
@@ -269,6 +272,38 @@ def test_fast_path_decides_what_the_full_path_decides(operations: list[tuple[Any
             previous = {}
         else:
             upstream.apply(op)
+
+
+entries = st.one_of(
+    st.builds(lambda i, c, f: raw_row(f"p{i}", completedJobs=c, failedJobs=f),
+              st.integers(0, 5), st.integers(0, 10), st.integers(0, 2)),
+    st.sampled_from(ODD_VALUES["suspended"]).map(lambda v: raw_row("odd", suspended=v)),
+    st.sampled_from(DATES).map(lambda v: raw_row("dated", startTime=v)),
+    st.sampled_from([None, "row", 7, [], {"id": "no-fields"}, {"id": ["unhashable"]}]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(entries, max_size=12), min_size=1, max_size=4))
+def test_a_page_parses_as_its_rows_one_by_one(pages: list[list[object]]) -> None:
+    """parse_statistics_page gives the rows, skipped entries (id and error) and date
+    problems of parse_statistics_row called on each entry, for any entries, page after
+    page (the memory filled by one answering for the next)."""
+    engine_json._PARSED_ROWS.clear()
+    for page in pages:
+        raws = over_http(page)
+        got_problems: list[DateProblem] = []
+        got_rows, got_skipped = parse_statistics_page(raws, got_problems)
+        want_problems: list[DateProblem] = []
+        want_rows, want_skipped = [], []
+        for raw in over_http(page):
+            try:
+                want_rows.append(_parse_statistics_row_checked(raw, want_problems))
+            except BadRow as exc:
+                want_skipped.append((row_id(raw), str(exc)))
+        assert got_rows == want_rows
+        assert got_skipped == want_skipped
+        assert got_problems == want_problems
 
 
 def test_an_unchanged_row_is_the_same_snapshot_and_costs_no_parse() -> None:

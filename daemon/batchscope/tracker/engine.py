@@ -109,8 +109,9 @@ class EngineTracker(RecordBook):
             active = {}
         suspended, failed = State.SUSPENDED, State.FAILED
         stalled, in_progress = State.STALLED, State.IN_PROGRESS
+        get = active.get
         for batch_id, row in latest.items():
-            rec = active.get(batch_id)
+            rec = get(batch_id)
             if rec is not None and rec.runtime_row is row and rec.jobs is row.jobs:
                 # The very row applied last time (sources hand out the same snapshot for an
                 # unchanged row): nothing to compare, only the clock can move the state.
