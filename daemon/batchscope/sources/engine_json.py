@@ -346,7 +346,7 @@ def parse_statistics_page(
 ) -> tuple[list[EngineBatchSnapshot], list[tuple[str | None, str]]]:
     """:func:`parse_statistics_row` over a page: the rows read, in order, and the
     ``(row_id, error)`` of each row that could not be (:class:`BadRow`). The same results
-    as a loop over the rows, for a tenth of the cost of a call per row."""
+    as a loop over the rows, without a Python call per unchanged row."""
     rows: list[EngineBatchSnapshot] = []
     skipped: list[tuple[str | None, str]] = []
     append = rows.append
