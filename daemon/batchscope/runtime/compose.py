@@ -53,10 +53,6 @@ def configured_targets(settings: Settings) -> list[TargetSettings]:
     return [*settings.engines, *settings.datadog]
 
 
-def target_key_of(t: TargetSettings) -> tuple[Source, str]:
-    return (Source.ENGINE if isinstance(t, EngineTarget) else Source.DATADOG, t.name)
-
-
 def new_session(t: TargetSettings) -> aiohttp.ClientSession:
     """One session per target: its connection pool is its own."""
     limit = t.max_concurrency if isinstance(t, DatadogTarget) else 10

@@ -24,6 +24,7 @@ from batchscope.runtime.watching import WatchService
 from batchscope.settings import Settings
 from batchscope.sinks.logs import get_logger
 from batchscope.tracker import Tracker
+from batchscope.tracker.core import target_key
 
 log = get_logger()
 
@@ -294,4 +295,5 @@ def changed_settings(old: Settings, new: Settings) -> set[str]:
 
 
 def _targets_by_key(settings: Settings) -> dict[tuple[Source, str], TargetSettings]:
-    return {compose.target_key_of(t): t for t in compose.configured_targets(settings)}
+    return {target_key(compose.target_watch(t)): t
+            for t in compose.configured_targets(settings)}

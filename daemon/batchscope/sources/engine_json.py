@@ -405,19 +405,10 @@ def _parse_statistics_row(
                 and (suspended is True or suspended is False)
                 and type(batch_id) is str and batch_id
                 and type(batch_type) is str and batch_type):
-            return EngineBatchSnapshot(
-                batch_id=batch_id,
-                batch_type=batch_type,
-                jobs=JobCounts(total=total, created=created, completed=completed,
-                               remaining=remaining, failed=failed),
-                suspended=suspended,
-                start_time=_optional_date(raw, "startTime", problems),
-                tenant_id=_opt_str(raw, "tenantId"),
-                execution_start_time=_optional_date(raw, "executionStartTime", problems),
-                batch_job_definition_id=_opt_str(raw, "batchJobDefinitionId"),
-                seed_job_definition_id=_opt_str(raw, "seedJobDefinitionId"),
-                monitor_job_definition_id=_opt_str(raw, "monitorJobDefinitionId"),
-            )
+            return _snapshot(raw, batch_id, batch_type,
+                             JobCounts(total=total, created=created, completed=completed,
+                                       remaining=remaining, failed=failed),
+                             suspended, problems)
     return _parse_statistics_row_checked(raw, problems)
 
 
@@ -438,6 +429,12 @@ def _parse_statistics_row_checked(
         remaining=_int(row, "remainingJobs"),
         failed=_int(row, "failedJobs"),
     )
+    return _snapshot(row, batch_id, batch_type, jobs, suspended, problems)
+
+
+def _snapshot(row: dict[str, Any], batch_id: str, batch_type: str, jobs: JobCounts,
+              suspended: bool, problems: list[DateProblem] | None) -> EngineBatchSnapshot:
+    """The snapshot of a row whose required fields are checked (both parse paths)."""
     return EngineBatchSnapshot(
         batch_id=batch_id,
         batch_type=batch_type,

@@ -86,6 +86,15 @@ class HistoryCursor:
             del self.recent[batch_id]
 
 
+def _new_record(target: str, batch_id: str, batch_type: str, now: float,
+                start_time: float | None, jobs: JobCounts) -> TrackedBatch:
+    """An engine batch seen for the first time (state ``none`` until its first transition)."""
+    return TrackedBatch(source=Source.ENGINE, target=target, batch_id=batch_id,
+                        batch_type=batch_type, state=State.NONE, state_since=now,
+                        first_seen=now, last_seen=now, start_time=start_time, jobs=jobs,
+                        progress_since=now)
+
+
 class EngineTracker(RecordBook):
     def engine_runtime(
         self,
@@ -178,20 +187,9 @@ class EngineTracker(RecordBook):
         stall_after: float,
         out: Outcome,
     ) -> None:
-        rec = TrackedBatch(
-            source=Source.ENGINE,
-            target=target,
-            batch_id=row.batch_id,
-            batch_type=row.batch_type,
-            state=State.NONE,
-            state_since=now,
-            first_seen=now,
-            last_seen=now,
-            start_time=row.start_time,
-            jobs=row.jobs,
-            progress_since=now,
-            runtime_row=row,
-        )
+        rec = _new_record(target, row.batch_id, row.batch_type, now, row.start_time,
+                          row.jobs)
+        rec.runtime_row = row
         if not self._admit(rec, out):
             return
         state = rules.engine_runtime_state(row, now, now, stall_after)
@@ -273,20 +271,9 @@ class EngineTracker(RecordBook):
             end = hist.end_time if hist.end_time is not None else now
             start = hist.start_time if hist.start_time is not None else end
             total = hist.total_jobs or 0
-            rec = TrackedBatch(
-                source=Source.ENGINE,
-                target=target,
-                batch_id=hist.batch_id,
-                batch_type=hist.batch_type,
-                state=State.NONE,
-                state_since=now,
-                first_seen=now,
-                last_seen=now,
-                start_time=start,
-                jobs=JobCounts(total=total, created=total, completed=total,
-                               remaining=0, failed=0),
-                progress_since=now,
-            )
+            rec = _new_record(target, hist.batch_id, hist.batch_type, now, start,
+                              JobCounts(total=total, created=total, completed=total,
+                                        remaining=0, failed=0))
             if not ended_after(hist, watermark):
                 if self._admit(rec, out, silent=True):
                     self.diagnose(rec, diagnosis.engine_end_reason(end_state, hist), None,
