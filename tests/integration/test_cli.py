@@ -166,7 +166,8 @@ async def test_wait_rejects_a_malformed_batch_id(tmp_path: Path) -> None:
 
 
 async def test_demo_on_a_busy_port_exits_78() -> None:
-    """demo on a port another process holds: one clear line, exit 78, no traceback."""
+    """demo on a port another process holds: one clear line, exit 78, no traceback, and a
+    newcomer is told which flag or variable picks another port."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
@@ -174,6 +175,7 @@ async def test_demo_on_a_busy_port_exits_78() -> None:
         code, _, err = await batchscope("demo", "--port", str(port), "--duration", "5")
     assert code == 78
     assert f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+    assert f"--port {port + 1}" in err and "BATCHSCOPE_HTTP__PORT" in err
 
 
 async def test_demo_reads_the_settings_sources_and_logs_json_on_a_pipe() -> None:
@@ -204,13 +206,3 @@ async def test_demo_reads_the_settings_sources_and_logs_json_on_a_pipe() -> None
         await asyncio.wait_for(proc.wait(), 15)
         reader.cancel()
 
-
-async def test_demo_on_a_busy_port_says_how_to_pick_another() -> None:
-    """A newcomer whose 9847 is busy is told which flag or variable picks another port."""
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = holder.getsockname()[1]
-        code, _, err = await batchscope("demo", "--port", str(port), "--duration", "5")
-    assert code == 78
-    assert f"--port {port + 1}" in err and "BATCHSCOPE_HTTP__PORT" in err

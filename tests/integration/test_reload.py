@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -18,6 +20,32 @@ from harness import free_port
 from helpers import wait_until
 
 DAEMON_DIR = Path(__file__).resolve().parents[2] / "daemon"
+
+
+@asynccontextmanager
+async def daemon_process(path: Path) -> AsyncIterator[
+        tuple[asyncio.subprocess.Process, list[dict[str, object]]]]:
+    """``batchscope run --config path`` as a real process, with its JSON lines as they come;
+    killed on the way out if the test did not stop it."""
+    env = {**os.environ, "PYTHONPATH": str(DAEMON_DIR)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "batchscope", "run", "--config", str(path), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    lines: list[dict[str, object]] = []
+
+    async def read() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            lines.append(json.loads(raw))
+
+    reader = asyncio.create_task(read())
+    try:
+        yield proc, lines
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        reader.cancel()
 
 
 def config(engine_url: str, datadog_url: str | None, port: int, state: Path) -> str:
@@ -54,23 +82,11 @@ async def test_sighup_adds_removes_and_rejects(tmp_path: Path) -> None:
     path = tmp_path / "batchscope.toml"
     async with await start_simulator(engine=engine, datadog=datadog) as sim:
         path.write_text(config(sim.engine_url, None, port, tmp_path / "state.db"))
-        env = {**os.environ, "PYTHONPATH": str(DAEMON_DIR)}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "batchscope", "run", "--config", str(path), env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        lines: list[dict[str, object]] = []
+        async with daemon_process(path) as (proc, lines):
 
-        async def read() -> None:
-            assert proc.stdout is not None
-            async for raw in proc.stdout:
-                lines.append(json.loads(raw))
+            def events(name: str) -> list[dict[str, object]]:
+                return [line for line in lines if line["event"] == name]
 
-        reader = asyncio.create_task(read())
-
-        def events(name: str) -> list[dict[str, object]]:
-            return [line for line in lines if line["event"] == name]
-
-        try:
             await wait_until(lambda: any(e["batch_id"] == known
                                          for e in events("batch.transition")), timeout=20)
             path.write_text(config(sim.engine_url, sim.datadog_url, port,
@@ -95,11 +111,6 @@ async def test_sighup_adds_removes_and_rejects(tmp_path: Path) -> None:
             assert [e["batch_id"] for e in events("batch.transition")].count(known) == 2
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 15) == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            reader.cancel()
 
 
 async def test_sighup_applies_live_settings_and_names_the_rest(tmp_path: Path) -> None:
@@ -111,19 +122,7 @@ async def test_sighup_applies_live_settings_and_names_the_rest(tmp_path: Path) -
     async with await start_simulator(engine=engine, datadog=FakeDatadog()) as sim:
         base = config(sim.engine_url, None, port, tmp_path / "state.db")
         path.write_text(base)
-        env = {**os.environ, "PYTHONPATH": str(DAEMON_DIR)}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "batchscope", "run", "--config", str(path), env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        lines: list[dict[str, object]] = []
-
-        async def read() -> None:
-            assert proc.stdout is not None
-            async for raw in proc.stdout:
-                lines.append(json.loads(raw))
-
-        reader = asyncio.create_task(read())
-        try:
+        async with daemon_process(path) as (proc, lines):
             first = engine.create_batch(total_jobs=3)
             await wait_until(lambda: any(e.get("batch_id") == first for e in lines), timeout=20)
             changed = base.replace(f"port = {port}", f"port = {free_port()}").replace(
@@ -151,8 +150,3 @@ async def test_sighup_applies_live_settings_and_names_the_rest(tmp_path: Path) -
             assert "batchscope_batch_series_dropped" in text
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 15) == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-            reader.cancel()
