@@ -24,14 +24,18 @@ def event_record(event: Event) -> dict[str, Any]:
 
 
 class EventBuffer:
+    """The last ``capacity`` events, kept as the events themselves: each is rendered as a
+    record when it is read (a few API reads and stream clients), not when it is added (a
+    first cycle adds 10,000 at once; issue 12)."""
+
     def __init__(self, capacity: int = 10_000) -> None:
-        self._items: deque[dict[str, Any]] = deque(maxlen=capacity)
+        self._items: deque[Event] = deque(maxlen=capacity)
         self._next: asyncio.Future[None] | None = None
 
     def extend(self, events: Iterable[Event]) -> None:
-        before = len(self._items), self._items[-1]["seq"] if self._items else None
-        self._items.extend(event_record(e) for e in events)
-        after = len(self._items), self._items[-1]["seq"] if self._items else None
+        before = len(self._items), self._items[-1].seq if self._items else None
+        self._items.extend(events)
+        after = len(self._items), self._items[-1].seq if self._items else None
         if after != before and self._next is not None:
             if not self._next.done():
                 self._next.set_result(None)
@@ -51,21 +55,21 @@ class EventBuffer:
             return []
         newest = list(itertools.islice(reversed(self._items), n))
         newest.reverse()
-        return newest
+        return [event_record(e) for e in newest]
 
     def after(self, seq: int, limit: int = 1000) -> list[dict[str, Any]]:
         """Events with a sequence number above ``seq``, oldest first."""
         items = self._items
-        if not items or items[-1]["seq"] <= seq:
+        if not items or items[-1].seq <= seq:
             return []
         # Sequence numbers increase by one per event, so the start index is arithmetic;
         # the scan below only corrects for gaps left by a restart.
-        start = max(0, seq - items[0]["seq"] + 1)
-        while start > 0 and items[start - 1]["seq"] > seq:
+        start = min(len(items), max(0, seq - items[0].seq + 1))
+        while start > 0 and items[start - 1].seq > seq:
             start -= 1
-        while start < len(items) and items[start]["seq"] <= seq:
+        while start < len(items) and items[start].seq <= seq:
             start += 1
-        return [items[i] for i in range(start, min(len(items), start + limit))]
+        return [event_record(items[i]) for i in range(start, min(len(items), start + limit))]
 
     def __len__(self) -> int:
         return len(self._items)
