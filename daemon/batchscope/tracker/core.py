@@ -290,6 +290,7 @@ class Core:
             if isinstance(event, BatchTransition):
                 rec = self.tracker.get(event.source, event.target, event.batch_id)
                 if (rec is not None and rec.state is event.to_state
+                        and rec.diagnosis is not event.diagnosis
                         and rec.diagnosis != event.diagnosis):
                     event = dataclasses.replace(event, diagnosis=rec.diagnosis)
             events.append(event)

@@ -193,6 +193,11 @@ class EngineTracker(RecordBook):
         if not self._admit(rec, out):
             return
         state = rules.engine_runtime_state(row, now, now, stall_after)
+        if state is State.IN_PROGRESS:
+            # Nothing to diagnose (most first sightings): the admitted record's diagnosis
+            # (its link) is already what _diagnose_runtime would set.
+            self._transition(rec, state, now, out)
+            return
         self._diagnose_runtime(rec, row, state, out)
         self._transition(rec, state, now, out)
 
