@@ -232,7 +232,8 @@ class Bench:
         cpu1, wall1 = time.process_time(), time.perf_counter()
         after = await sim.stats()
         if profiler is not None:
-            self.profiles[name] = profile_text(profiler, self.args.profile_lines)
+            self.profiles[name] = profile_text(profiler, self.args.profile_lines,
+                                               self.args.profile_sort)
         vm = vm_status()
         phase = Phase(
             name=name, wall_s=wall1 - wall0, cpu_s=cpu1 - cpu0,
@@ -620,10 +621,10 @@ class Bench:
         return out.getvalue()
 
 
-def profile_text(profiler: cProfile.Profile, lines: int) -> str:
+def profile_text(profiler: cProfile.Profile, lines: int, sort: str) -> str:
     buf = io.StringIO()
     stats = pstats.Stats(profiler, stream=buf)
-    stats.sort_stats("tottime").print_stats(lines)
+    stats.sort_stats(sort).print_stats(lines)
     return buf.getvalue()
 
 
@@ -640,6 +641,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="append", default=[], choices=PHASES,
                         help="cProfile this phase (repeatable); top functions by own time")
     parser.add_argument("--profile-lines", type=int, default=30)
+    parser.add_argument("--profile-sort", default="tottime", choices=("tottime", "cumulative"),
+                        help="order of the profile: own time, or time including callees")
     return parser.parse_args(argv)
 
 
