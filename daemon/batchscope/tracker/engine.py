@@ -190,13 +190,13 @@ class EngineTracker(RecordBook):
         rec = _new_record(target, row.batch_id, row.batch_type, now, row.start_time,
                           row.jobs)
         rec.runtime_row = row
-        if not self._admit(rec, out):
-            return
         state = rules.engine_runtime_state(row, now, now, stall_after)
         if state is State.IN_PROGRESS:
             # Nothing to diagnose (most first sightings): the admitted record's diagnosis
-            # (its link) is already what _diagnose_runtime would set.
-            self._transition(rec, state, now, out)
+            # (its link) is what _diagnose_runtime would set.
+            self._admit_entering(rec, state, now, out)
+            return
+        if not self._admit(rec, out):
             return
         self._diagnose_runtime(rec, row, state, out)
         self._transition(rec, state, now, out)

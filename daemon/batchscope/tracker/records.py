@@ -247,18 +247,9 @@ class RecordBook:
     def _admit(self, rec: TrackedBatch, out: Outcome, *, silent: bool = False) -> bool:
         """Make room for a new record: evict the oldest terminal batch of its source, or
         refuse."""
-        if self._per_source[rec.source] >= self.max_tracked:
-            ended = self._ended_by_source[rec.source]
-            if not ended:
-                self.refused += 1
-                if not silent:
-                    out.notices.append(Notice("tracker.full", "error", {
-                        "source": rec.source.value, "target": rec.target,
-                        "batch_id": rec.batch_id, "max_tracked_batches": self.max_tracked,
-                    }))
-                return False
-            self._forget(next(iter(ended)))
-            self.evictions += 1
+        if (self._per_source[rec.source] >= self.max_tracked
+                and not self._make_room(rec, out, silent=silent)):
+            return False
         key = rec.key
         self.records[key] = rec
         self._per_source[rec.source] += 1
@@ -270,6 +261,61 @@ class RecordBook:
         self._index(rec)
         self.dirty.add(key)
         self.forgotten.discard(key)  # forgotten and re-added before a save: keep it
+        return True
+
+    def _make_room(self, rec: TrackedBatch, out: Outcome, *, silent: bool = False) -> bool:
+        """Evict the oldest terminal batch of a full source, or refuse ``rec``."""
+        ended = self._ended_by_source[rec.source]
+        if not ended:
+            self.refused += 1
+            if not silent:
+                out.notices.append(Notice("tracker.full", "error", {
+                    "source": rec.source.value, "target": rec.target,
+                    "batch_id": rec.batch_id, "max_tracked_batches": self.max_tracked,
+                }))
+            return False
+        self._forget(next(iter(ended)))
+        self.evictions += 1
+        return True
+
+    def _admit_entering(self, rec: TrackedBatch, state: State, now: float,
+                        out: Outcome) -> bool:
+        """:meth:`_admit` a record still in ``none``, then :meth:`_transition` it to
+        ``state``, with the same records, counts, indexes and event; in one step, without
+        counting it in ``none`` first (a first cycle admits 10,000 running batches)."""
+        if state is State.NONE or is_terminal(rec.source, state):
+            if not self._admit(rec, out):
+                return False
+            self._transition(rec, state, now, out)
+            return True
+        if self._per_source[rec.source] >= self.max_tracked and not self._make_room(rec, out):
+            return False
+        source, target, batch_id = rec.source, rec.target, rec.batch_id
+        key = (source, target, batch_id)
+        self.records[key] = rec
+        self._per_source[source] += 1
+        self.version += 1
+        self.state_changes += 1
+        if rec.diagnosis is NO_DIAGNOSIS:
+            link = self.link(rec)
+            if link is not None:
+                rec.diagnosis = Diagnosis(link=link)
+        rec.state = state
+        rec.state_since = now
+        self.counts[(source, target, state)] += 1
+        active = self.active.get((source, target))
+        if active is None:
+            active = self.active[(source, target)] = {}
+        active[batch_id] = rec
+        self.dirty.add(key)
+        self.forgotten.discard(key)
+        out.events.append(BatchTransition(  # positional, as in _transition
+            self._number(), now, source, target, batch_id, rec.batch_type, State.NONE, state,
+            rec.jobs if source is Source.ENGINE else None, None,
+            None if source is Source.ENGINE else rec.result_counts,
+            None if source is Source.ENGINE else rec.metadata,
+            rec.diagnosis,
+        ))
         return True
 
     def _index(self, rec: TrackedBatch) -> None:
