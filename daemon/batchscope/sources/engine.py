@@ -172,11 +172,13 @@ class EngineClient:
                 **self._tenant_params(),
             }
             page, response = await self._get_list_response("/batch/statistics", params)
-            paging.check(page, first)
             if listing.server_time is None:
                 listing.server_time = response.server_time
             # One call per page: the unchanged row's path is a few operations (issue 12).
             rows, skipped = parse_statistics_page(page, problems)
+            # The ids the parse read, not read again from each raw row.
+            paging.check(page, first, ids=[*(r.batch_id for r in rows),
+                                           *(batch_id for batch_id, _ in skipped)])
             listing.rows.extend(rows)
             listing.skipped.extend(SkippedRow("/batch/statistics", batch_id, error)
                                    for batch_id, error in skipped)
@@ -357,18 +359,22 @@ class _Paging:
         self._max_rows = max_rows
         self._pages = 0
         self._rows = 0
-        self._seen: set[str] = set()
+        self._seen: set[str | None] = {None}  # None: a row without an id is never new
         self._previous: list[str | None] = []
 
-    def check(self, page: list[object], first: int) -> None:
+    def check(self, page: list[object], first: int,
+              ids: list[str | None] | None = None) -> None:
         """Account for a page just read (at ``firstResult`` ``first``); raise when it is
-        full and repeats what earlier pages listed."""
+        full and repeats what earlier pages listed. ``ids``: the page's batch ids, when
+        the caller has already read them (else they are read from the raw rows)."""
         self._pages += 1
         self._rows += len(page)
         if len(page) < self._page_size:
             return  # the last page: whatever it holds, paging ends here
-        ids = [row_id(raw) for raw in page]
-        new = {i for i in ids if i is not None and i not in self._seen}
+        if ids is None:
+            ids = [row_id(raw) for raw in page]
+        new = set(ids)
+        new -= self._seen
         if not new:
             n = self._pages
             if n > 1 and ids == self._previous:

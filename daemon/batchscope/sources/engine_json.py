@@ -209,7 +209,7 @@ def _row(row: object) -> dict[str, Any]:
 
 def row_id(row: object) -> str | None:
     """Best-effort id of a row, for naming a skipped entry in a log line (and for the
-    paging guard, once per row of every page)."""
+    paging guard of the history sweep's pages)."""
     if type(row) is dict or isinstance(row, dict):
         value = row.get("id")
         if type(value) is str:
