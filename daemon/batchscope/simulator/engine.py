@@ -884,6 +884,10 @@ class FakeEngine(FaultInjector):
         """Ids of the running batches, sorted."""
         return list(self._runtime.ids)
 
+    def statistics_row(self, batch_id: str) -> Row:
+        """The ``/batch/statistics`` row served for a running batch (``KeyError`` if none)."""
+        return self._statistics_row(self._runtime.by_id[batch_id])
+
     def history_ids(self) -> list[str]:
         """Ids of the batches that have a historic row, sorted."""
         return list(self._history.ids)
