@@ -174,6 +174,14 @@ def _date_value(
 def _optional_date(
     row: dict[str, Any], name: str, problems: list[DateProblem] | None
 ) -> float | None:
+    value = row.get(name)
+    if value is None:
+        return None
+    if type(value) is str:
+        try:
+            return parse_engine_date(value)  # the usual value, without _date_value's tuple
+        except ValueError:
+            pass  # _date_value reports it
     return _date_value(row, name, problems)[0]
 
 
@@ -435,17 +443,22 @@ def _parse_statistics_row_checked(
 def _snapshot(row: dict[str, Any], batch_id: str, batch_type: str, jobs: JobCounts,
               suspended: bool, problems: list[DateProblem] | None) -> EngineBatchSnapshot:
     """The snapshot of a row whose required fields are checked (both parse paths)."""
+    get = row.get
+    tenant, batch_jobs, seed, monitor = (get("tenantId"), get("batchJobDefinitionId"),
+                                         get("seedJobDefinitionId"),
+                                         get("monitorJobDefinitionId"))
+    # _opt_str inlined below: four calls per row, 40,000 in a first cycle.
     return EngineBatchSnapshot(  # positional, in field order (see above)
         batch_id,
         batch_type,
         jobs,
         suspended,
         _optional_date(row, "startTime", problems),  # start_time
-        _opt_str(row, "tenantId"),  # tenant_id
+        tenant if isinstance(tenant, str) and tenant else None,  # tenant_id
         _optional_date(row, "executionStartTime", problems),  # execution_start_time
-        _opt_str(row, "batchJobDefinitionId"),  # batch_job_definition_id
-        _opt_str(row, "seedJobDefinitionId"),  # seed_job_definition_id
-        _opt_str(row, "monitorJobDefinitionId"),  # monitor_job_definition_id
+        batch_jobs if isinstance(batch_jobs, str) and batch_jobs else None,
+        seed if isinstance(seed, str) and seed else None,
+        monitor if isinstance(monitor, str) and monitor else None,
     )
 
 
