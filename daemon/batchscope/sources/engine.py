@@ -6,10 +6,11 @@ import asyncio
 import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 
 from batchscope.model import EngineBatchSnapshot, EngineHistoryRecord, Notice, Source
 from batchscope.sources.engine_json import (
@@ -96,6 +97,7 @@ class EngineClient:
         self._reported: set[tuple[str, str]] = set()
         # Warnings from single lookups, handed out with the next listing.
         self._pending_warnings: list[Notice] = []
+        self._pages = _StatisticsPages()
 
     def _date_warnings(self, endpoint: str, problems: list[DateProblem]) -> list[Notice]:
         """Notices for the date fields of ``endpoint`` not reported on this target yet."""
@@ -121,7 +123,8 @@ class EngineClient:
         """GET one engine REST path (auth, TLS, size cap and error reasons applied)."""
         return await self._get(path, params)
 
-    async def _get(self, path: str, params: dict[str, str] | None = None) -> Response:
+    async def _get(self, path: str, params: dict[str, str] | None = None,
+                   decode: Callable[[bytes], Any] = orjson.loads) -> Response:
         response = await get_json(
             self._session,
             f"{self._base}{path}",
@@ -130,22 +133,18 @@ class EngineClient:
             timeout=self.target.request_timeout,
             max_bytes=self.target.max_response_bytes,
             ssl_option=self._ssl,
+            decode=decode,
         )
         if self._on_progress is not None:
             self._on_progress()
         return response
 
     async def _get_list(self, path: str, params: dict[str, str]) -> list[object]:
-        return (await self._get_list_response(path, params))[0]
-
-    async def _get_list_response(
-        self, path: str, params: dict[str, str]
-    ) -> tuple[list[object], Response]:
-        response = await self._get(path, params)
-        if not isinstance(response.body, list):
+        body = (await self._get(path, params)).body
+        if not isinstance(body, list):
             raise PollError("invalid_response", f"{path} answered a "
-                            f"{type(response.body).__name__}, not a list")
-        return response.body, response
+                            f"{type(body).__name__}, not a list")
+        return body
 
     def _tenant_params(self) -> dict[str, str]:
         if self.target.tenant_ids:
@@ -171,18 +170,18 @@ class EngineClient:
                 "firstResult": str(first), "maxResults": str(page_size),
                 **self._tenant_params(),
             }
-            page, response = await self._get_list_response("/batch/statistics", params)
+            response = await self._get("/batch/statistics", params,
+                                       decode=self._pages.decoder(first, page_size))
+            page: StatisticsPage = response.body
             if listing.server_time is None:
                 listing.server_time = response.server_time
-            # One call per page: the unchanged row's path is a few operations (issue 12).
-            rows, skipped = parse_statistics_page(page, problems)
-            # The ids the parse read, not read again from each raw row.
-            paging.check(page, first, ids=[*(r.batch_id for r in rows),
-                                           *(batch_id for batch_id, _ in skipped)])
-            listing.rows.extend(rows)
+            paging.check(page.size, first, page.ids)
+            problems.extend(page.problems)
+            listing.rows.extend(page.rows)
             listing.skipped.extend(SkippedRow("/batch/statistics", batch_id, error)
-                                   for batch_id, error in skipped)
-            if len(page) < page_size:
+                                   for batch_id, error in page.skipped)
+            if page.size < page_size:
+                self._pages.keep_until(first)
                 listing.warnings = self._warnings("/batch/statistics", problems)
                 return listing
             paging.check_another()
@@ -208,7 +207,7 @@ class EngineClient:
                 **self._tenant_params(),
             }
             page = await self._get_list("/history/batch", params)
-            paging.check(page, first)
+            paging.check(len(page), first, [row_id(raw) for raw in page])
             reached_older = readable = unreadable = False
             for raw in page:
                 try:
@@ -325,6 +324,68 @@ class EngineClient:
         return replace(record, deleted=True)
 
 
+@dataclass(frozen=True, slots=True)
+class StatisticsPage:
+    """One ``/batch/statistics`` page, parsed: its rows, the rows it could not read
+    (``(batch id, error)``), their ids in page order (for the paging guard), the date
+    problems found, and how many entries it had."""
+
+    size: int
+    rows: list[EngineBatchSnapshot]
+    skipped: list[tuple[str | None, str]]
+    ids: list[str | None]
+    problems: list[DateProblem]
+
+
+class _StatisticsPages:
+    """The last listing's pages by offset, with their bodies: a page served again byte
+    for byte is neither decoded nor parsed again (issue 12).
+
+    A steady cycle of an engine whose batches did not move serves the very pages of the
+    last one; their parse is a pure function of the body, so the same
+    :class:`StatisticsPage` (the same snapshot objects, which the tracker's fast path
+    recognises) is the answer. A page that differs in any byte is decoded and parsed (the
+    row memory of :mod:`engine_json` still spares its unchanged rows). Holds one body per
+    page of the current listing: about the size of one listing.
+    """
+
+    __slots__ = ("_pages",)
+
+    def __init__(self) -> None:
+        self._pages: dict[int, tuple[bytes, StatisticsPage]] = {}
+
+    def decoder(self, first: int, page_size: int) -> Callable[[bytes], StatisticsPage]:
+        """The ``decode`` of the page at ``firstResult`` ``first``."""
+        def decode(body: bytes) -> StatisticsPage:
+            known = self._pages.get(first)
+            if known is not None and known[0] == body:
+                return known[1]
+            page = orjson.loads(body)  # JSONDecodeError: get_json says "malformed JSON"
+            if not isinstance(page, list):
+                raise PollError("invalid_response", f"/batch/statistics answered a "
+                                f"{type(page).__name__}, not a list")
+            problems: list[DateProblem] = []
+            # One call per page: the unchanged row's path is a few operations.
+            rows, skipped = parse_statistics_page(page, problems)
+            # The ids the parse read, not read again from each raw row.
+            ids: list[str | None] = [r.batch_id for r in rows]
+            ids.extend(batch_id for batch_id, _ in skipped)
+            parsed = StatisticsPage(len(page), rows, skipped, ids, problems)
+            # A full page may be asked for again: keep it. (Only full pages are worth it:
+            # the last one changes whenever a batch is created.)
+            if len(page) >= page_size:
+                self._pages[first] = (body, parsed)
+            else:
+                self._pages.pop(first, None)
+            return parsed
+        return decode
+
+    def keep_until(self, last: int) -> None:
+        """Forget pages beyond the last one of a complete listing (the list shrank)."""
+        for first in [f for f in self._pages if f > last]:
+            del self._pages[first]
+
+
 def _foreign_404(path: str, exc: NotFound) -> PollError:
     """A 404 that is not the engine's answer about the batch: the URL is wrong."""
     return PollError(
@@ -362,17 +423,13 @@ class _Paging:
         self._seen: set[str | None] = {None}  # None: a row without an id is never new
         self._previous: list[str | None] = []
 
-    def check(self, page: list[object], first: int,
-              ids: list[str | None] | None = None) -> None:
-        """Account for a page just read (at ``firstResult`` ``first``); raise when it is
-        full and repeats what earlier pages listed. ``ids``: the page's batch ids, when
-        the caller has already read them (else they are read from the raw rows)."""
+    def check(self, size: int, first: int, ids: list[str | None]) -> None:
+        """Account for a page just read (``size`` rows at ``firstResult`` ``first``, with
+        these batch ids); raise when it is full and repeats what earlier pages listed."""
         self._pages += 1
-        self._rows += len(page)
-        if len(page) < self._page_size:
+        self._rows += size
+        if size < self._page_size:
             return  # the last page: whatever it holds, paging ends here
-        if ids is None:
-            ids = [row_id(raw) for raw in page]
         new = set(ids)
         new -= self._seen
         if not new:
@@ -381,7 +438,7 @@ class _Paging:
                 what = (f"page {n} repeated the ids of page {n - 1} (the engine or a proxy "
                         f"ignores firstResult={first})")
             elif n == 1:
-                what = f"page 1 is full ({len(page)} rows) and names no batch id"
+                what = f"page 1 is full ({size} rows) and names no batch id"
             else:
                 what = (f"page {n} (firstResult={first}) brought no id that earlier pages "
                         f"had not listed")

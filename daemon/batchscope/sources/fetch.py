@@ -13,7 +13,7 @@ import email.utils
 import math
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -239,8 +239,13 @@ async def get_json(
     timeout: float,
     max_bytes: int,
     ssl_option: ssl.SSLContext | bool = True,
+    decode: Callable[[bytes], Any] = orjson.loads,
 ) -> Response:
-    """GET ``url`` and decode its JSON body, raising :class:`PollError` on any failure."""
+    """GET ``url`` and decode its JSON body, raising :class:`PollError` on any failure.
+
+    ``decode`` turns a 200 body into ``Response.body`` (``orjson.loads`` by default; it
+    may raise ``orjson.JSONDecodeError`` or :class:`PollError`).
+    """
     client_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=timeout)
     try:
         async with session.get(
@@ -288,7 +293,7 @@ async def get_json(
     if content_type not in ("application/json", "application/vnd.api+json"):
         raise PollError(ErrorReason.INVALID_RESPONSE, f"content type {content_type!r} is not JSON")
     try:
-        data = orjson.loads(body)
+        data = decode(body)
     except orjson.JSONDecodeError as exc:
         raise PollError(ErrorReason.INVALID_RESPONSE, f"malformed JSON: {exc}") from exc
     return Response(status=status, body=data, rate_limit=rate_limit,
