@@ -165,23 +165,24 @@ class Metrics:
     def observe(self, events: Iterable[Event]) -> None:
         # Counted per label set first: a first cycle has 10,000 transitions and a few
         # distinct (from, to) pairs; the counters' children are looked up once per pair.
-        transitions: dict[tuple[str, str, str, str], int] = {}
+        # Keyed by the enum members: their label values are read once per distinct key.
+        transitions: dict[tuple[Source, str, State, State], int] = {}
         results: dict[tuple[str, str, str], int] = {}
         for event in events:
             if isinstance(event, BatchTransition):
-                key = (event.source.value, event.target, event.from_state.value,
-                       event.to_state.value)
+                key = (event.source, event.target, event.from_state, event.to_state)
                 transitions[key] = transitions.get(key, 0) + 1
                 if event.duration_seconds is not None:
-                    self.durations.labels(key[0], event.target, key[3]).observe(
+                    self.durations.labels(event.source.value, event.target,
+                                          event.to_state.value).observe(
                         event.duration_seconds
                     )
                     self.registry.changed(self.durations)
             elif isinstance(event, ResultTransition) and event.to_state in FINISHED_RESULT_STATES:
                 result_key = (event.target, event.result.test_public_id, event.to_state.value)
                 results[result_key] = results.get(result_key, 0) + 1
-        for key, count in transitions.items():
-            self.transitions.labels(*key).inc(count)
+        for (source, target, before, after), count in transitions.items():
+            self.transitions.labels(source.value, target, before.value, after.value).inc(count)
         for result_key, count in results.items():
             self.ci_results.labels(*result_key).inc(count)
         if transitions:

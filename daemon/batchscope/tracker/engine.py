@@ -89,10 +89,11 @@ class HistoryCursor:
 def _new_record(target: str, batch_id: str, batch_type: str, now: float,
                 start_time: float | None, jobs: JobCounts) -> TrackedBatch:
     """An engine batch seen for the first time (state ``none`` until its first transition)."""
-    return TrackedBatch(source=Source.ENGINE, target=target, batch_id=batch_id,
-                        batch_type=batch_type, state=State.NONE, state_since=now,
-                        first_seen=now, last_seen=now, start_time=start_time, jobs=jobs,
-                        progress_since=now)
+    # Positional, in TrackedBatch's field order (10,000 of these in a first cycle): source,
+    # target, batch_id, batch_type, state, state_since, first_seen, last_seen, start_time,
+    # jobs, progress_since.
+    return TrackedBatch(Source.ENGINE, target, batch_id, batch_type, State.NONE, now, now, now,
+                        start_time, jobs, now)
 
 
 class EngineTracker(RecordBook):
