@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Before batchscope is imported: its value types are built frozen at run time in tests,
+# so a mutation of a shared snapshot or event raises (see batchscope.model.value_type).
+os.environ["FROZEN_BATCHSCOPE_VALUES"] = "1"
+
 import pytest
 
 from batchscope.sinks.logs import configure_logging

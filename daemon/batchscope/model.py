@@ -1,11 +1,12 @@
 """The vocabulary shared by every layer: sources, states, snapshots and events.
 
-Sources normalise upstream JSON into the frozen snapshot types here; the tracker turns
+Sources normalise upstream JSON into the immutable snapshot types here; the tracker turns
 snapshots into events; sinks consume events. Nothing in this module does I/O.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -22,9 +23,17 @@ def value_type(cls: type[_T]) -> type[_T]:
     ``__init__`` sets each field through ``object.__setattr__``, about twice the cost of a
     plain one (issue 12). ``mypy --strict`` sees these classes frozen, so an assignment to a
     field is a type error; hashing and equality are those of a frozen dataclass. What is
-    given up is only the run-time ``FrozenInstanceError``.
+    given up is the run-time ``FrozenInstanceError``, which the test suite keeps: it sets
+    ``FROZEN_BATCHSCOPE_VALUES=1`` (``tests/conftest.py``), and the classes are built
+    frozen. (Snapshots and events are shared by identity across cycles, by the row and
+    page memories and the event buffer: a mutation would corrupt them silently.)
     """
+    if _FROZEN_AT_RUN_TIME:
+        return dataclass(frozen=True, slots=True)(cls)
     return dataclass(slots=True, unsafe_hash=True)(cls)
+
+
+_FROZEN_AT_RUN_TIME: Final = os.environ.get("FROZEN_BATCHSCOPE_VALUES") == "1"
 
 
 #: The one rule for a batch id, wherever one comes in (API, settings, ``wait``): it is put
