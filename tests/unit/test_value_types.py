@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batchscope.model import BatchTransition, EngineBatchSnapshot, JobCounts, Source, State
+from batchscope.model import EngineBatchSnapshot, JobCounts
 
 DAEMON = Path(__file__).resolve().parents[2] / "daemon"
 
