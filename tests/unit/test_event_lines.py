@@ -8,6 +8,7 @@ and the secret redaction of the batched path on their own.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from typing import Any
@@ -298,6 +299,41 @@ def test_console_format_falls_back_to_the_chain() -> None:
     configure_logging(log_format="console", stream=out, level="warning")
     EventLog().events(events)
     assert len(out.getvalue().splitlines()) == len([e for e in events if e.bad_news])
+
+
+def test_another_structlog_configuration_takes_the_lines() -> None:
+    """After a later ``structlog.configure`` (here a test's ``capture_logs``), transition
+    lines go through that configuration, not to the stream configure_logging set up."""
+    events = mixed_events()
+    out = io.StringIO()
+    configure_logging(log_format="json", stream=out)
+    with structlog.testing.capture_logs() as captured:
+        EventLog().events(events)
+    assert out.getvalue() == ""
+    assert [c["seq"] for c in captured] == [e.seq for e in events]
+    EventLog().events(events[:1])  # the original chain is back: the batched path again
+    assert [line["seq"] for line in parsed(out)] == [events[0].seq]
+
+
+class Unrenderable(BatchTransition):
+    """An event whose fields cannot be rendered (a stand-in for any failure mid-batch)."""
+
+    __slots__ = ()
+
+    def fields(self) -> dict[str, Any]:
+        raise RuntimeError("cannot render")
+
+
+def test_lines_rendered_before_a_failure_are_written() -> None:
+    """An event failing to render mid-batch raises, as through the chain, and the lines
+    rendered before it are written and flushed (the chain had written them one by one)."""
+    good = many_events(200)
+    bad = Unrenderable(*(getattr(good[0], f.name) for f in dataclasses.fields(good[0])))
+    out = batched([])
+    configure_logging(log_format="json", stream=out)
+    with pytest.raises(RuntimeError, match="cannot render"):
+        EventLog().events([*good, bad, *many_events(3)])
+    assert [line["seq"] for line in parsed(out)] == [e.seq for e in good]
 
 
 # --------------------------------------------------------------------------- redact_json_lines

@@ -86,16 +86,25 @@ class _JsonEventLines:
     by one, that was half its CPU (issue 12). Here the timestamp is taken once per batch,
     values are checked for cut secrets in place, whole secrets are hidden in the joined
     text at once (:meth:`~batchscope.redaction.SecretRegistry.redact_json_lines`) and the
-    stream is written once. Used only while no context variables are bound (the chain
-    would merge them into every line).
+    stream is written once. Used only while the chain is the one :func:`configure_logging`
+    installed with it (``processors``: not after another ``structlog.configure``, e.g. a
+    test's ``capture_logs``) and no context variables are bound (the chain would merge
+    them into every line).
     """
 
-    __slots__ = ("_min_level", "_stamper", "_stream")
+    __slots__ = ("_min_level", "_stamper", "_stream", "processors")
 
-    def __init__(self, stream: TextIO, min_level: int) -> None:
+    def __init__(self, stream: TextIO, min_level: int, processors: list[Processor]) -> None:
         self._stream = stream
         self._min_level = min_level
         self._stamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+        self.processors = tuple(processors)
+
+    def in_charge(self) -> bool:
+        """Whether these lines are what the configured chain would write. (By content:
+        ``capture_logs`` swaps the processors inside the same list.)"""
+        return (tuple(structlog.get_config()["processors"]) == self.processors
+                and not structlog.contextvars.get_contextvars())
 
     def write(self, events: Iterable[Event]) -> None:
         info = self._min_level <= logging.INFO
@@ -103,6 +112,16 @@ class _JsonEventLines:
         timestamp = self._stamper(None, "", {})["timestamp"]
         tails = len(redaction.registry()) > 0
         lines: list[str] = []
+        try:
+            self._render(events, lines, info, warning, timestamp, tails)
+        finally:
+            # Whatever was rendered before a failure is written, as the chain would have.
+            if lines:
+                self._write(lines)
+            self._stream.flush()
+
+    def _render(self, events: Iterable[Event], lines: list[str], info: bool, warning: bool,
+                timestamp: str, tails: bool) -> None:
         for event in events:
             if event.bad_news:
                 if not warning:
@@ -125,14 +144,13 @@ class _JsonEventLines:
             lines.append(text)
             if len(lines) == _LINES_PER_WRITE:
                 self._write(lines)
-                lines = []
-        if lines:
-            self._write(lines)
-        self._stream.flush()
 
     def _write(self, lines: list[str]) -> None:
+        """Write the lines and empty the list."""
         lines.append("")
-        self._stream.write(redaction.registry().redact_json_lines("\n".join(lines)))
+        text = "\n".join(lines)
+        lines.clear()
+        self._stream.write(redaction.registry().redact_json_lines(text))
 
 
 #: Lines joined, redacted and written at once: about 40 KB, small enough for the allocator
@@ -175,7 +193,6 @@ def configure_logging(
     global _event_lines
     redaction.reset(secrets)
     min_level = _LEVELS.get(level, logging.INFO)
-    _event_lines = _JsonEventLines(out, min_level) if log_format == "json" else None
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -190,8 +207,11 @@ def configure_logging(
         renderer = _JsonRenderer()
     else:
         renderer = _ConsoleRenderer(colors=out.isatty())
+    processors: list[Processor] = [*shared, _redact_values, _leading_keys, renderer]
+    _event_lines = (_JsonEventLines(out, min_level, processors) if log_format == "json"
+                    else None)
     structlog.configure(
-        processors=[*shared, _redact_values, _leading_keys, renderer],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(min_level),
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
@@ -216,7 +236,7 @@ class EventLog:
 
     def events(self, events: Iterable[Event]) -> None:
         lines = _event_lines
-        if lines is not None and not structlog.contextvars.get_contextvars():
+        if lines is not None and lines.in_charge():
             lines.write(events)
             return
         for event in events:
