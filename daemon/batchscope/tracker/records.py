@@ -279,27 +279,26 @@ class RecordBook:
         return True
 
     def _admit_entering(self, rec: TrackedBatch, state: State, now: float,
-                        out: Outcome) -> bool:
-        """:meth:`_admit` a record still in ``none``, then :meth:`_transition` it to
-        ``state``, with the same records, counts, indexes and event; in one step, without
-        counting it in ``none`` first (a first cycle admits 10,000 running batches)."""
-        if state is State.NONE or is_terminal(rec.source, state):
-            if not self._admit(rec, out):
-                return False
-            self._transition(rec, state, now, out)
-            return True
+                        out: Outcome) -> None:
+        """:meth:`_admit` a new record, then :meth:`_transition` it to ``state``, with the
+        same records, counts, indexes, change sets and event; in one step, without
+        counting it in ``none`` first (a first cycle admits 10,000 running batches).
+
+        For a record still in ``none`` with the empty diagnosis (as ``_new_record``
+        makes it), entering a state that is neither ``none`` nor terminal and needs no
+        diagnosis of its own (``in_progress``): its diagnosis is its link, as ``_admit``
+        sets it. ``tests/unit/test_admit_entering.py`` holds the two paths equal.
+        """
         if self._per_source[rec.source] >= self.max_tracked and not self._make_room(rec, out):
-            return False
+            return
         source, target, batch_id = rec.source, rec.target, rec.batch_id
         key = (source, target, batch_id)
         self.records[key] = rec
         self._per_source[source] += 1
         self.version += 1
         self.state_changes += 1
-        if rec.diagnosis is NO_DIAGNOSIS:
-            link = self.link(rec)
-            if link is not None:
-                rec.diagnosis = Diagnosis(link=link)
+        link = self.link(rec)
+        rec.diagnosis = NO_DIAGNOSIS if link is None else Diagnosis(link=link)
         rec.state = state
         rec.state_since = now
         self.counts[(source, target, state)] += 1
@@ -316,7 +315,6 @@ class RecordBook:
             None if source is Source.ENGINE else rec.metadata,
             rec.diagnosis,
         ))
-        return True
 
     def _index(self, rec: TrackedBatch) -> None:
         if rec.terminal:
@@ -352,7 +350,7 @@ class RecordBook:
         for event in events:
             if event.seq == UNNUMBERED:
                 seq += 1
-                object.__setattr__(event, "seq", seq)  # frozen for everyone but its numbering
+                object.__setattr__(event, "seq", seq)  # immutable once published
         self.seq = seq
         return events
 
