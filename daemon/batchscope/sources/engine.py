@@ -327,8 +327,8 @@ class EngineClient:
 @dataclass(frozen=True, slots=True)
 class StatisticsPage:
     """One ``/batch/statistics`` page, parsed: its rows, the rows it could not read
-    (``(batch id, error)``), their ids in page order (for the paging guard), the date
-    problems found, and how many entries it had."""
+    (``(batch id, error)``), the ids of both (those of the rows, then of the skipped
+    ones: for the paging guard), the date problems found, and how many entries it had."""
 
     size: int
     rows: list[EngineBatchSnapshot]
@@ -346,7 +346,9 @@ class _StatisticsPages:
     :class:`StatisticsPage` (the same snapshot objects, which the tracker's fast path
     recognises) is the answer. A page that differs in any byte is decoded and parsed (the
     row memory of :mod:`engine_json` still spares its unchanged rows). Holds one body per
-    page of the current listing: about the size of one listing.
+    full page of the last complete listing (and, after a listing that failed part-way,
+    of the pages read beyond its end until the next complete one): about one listing,
+    bounded as a listing is by ``max_rows``.
     """
 
     __slots__ = ("_pages",)

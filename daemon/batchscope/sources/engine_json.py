@@ -252,8 +252,9 @@ class _ParsedRows:
     rows) as it holds (at least :attr:`MIN_PARSES`), it keeps only the entries whose
     snapshot something else still holds. The tracker holds the last row it applied of
     every batch it tracks (``TrackedBatch.runtime_row``), so a batch still running is never
-    forgotten, and one the tracker forgot is dropped at the next pruning: it holds about
-    as many rows as the tracker has engine batches.
+    forgotten; the engine client's page memory holds the rows of the pages it keeps. One
+    neither holds any more is dropped at the next pruning: the memory holds about as many
+    rows as a listing has.
     """
 
     MIN_PARSES: Final = 4096
