@@ -16,6 +16,7 @@ from batchscope.sources.engine_json import (
     JOB_DELETION_WINDOW,
     BadRow,
     DateProblem,
+    _parse_date,
     parse_engine_date,
     parse_history_row,
     parse_statistics_row,
@@ -208,6 +209,23 @@ def test_dates_that_are_not(text: str) -> None:
     """Anything else is a ValueError that quotes it."""
     with pytest.raises(ValueError, match="unrecognised date"):
         parse_engine_date(text)
+
+
+@pytest.mark.parametrize("offset", ["+1800", "-1859", "+0059", "+1900", "-2300", "+0060",
+                                    "+0099"])
+def test_default_pattern_offsets_read_as_the_general_path_reads_them(offset: str) -> None:
+    """The default pattern's fast path (fromisoformat) takes only offsets up to 18:59, as
+    the general path does: beyond that both refuse, whichever path the value takes."""
+    text = f"2024-07-09T13:33:42.165{offset}"
+    try:
+        expected: float | None = _parse_date(text)
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ValueError, match="unrecognised date"):
+            parse_engine_date(text)
+    else:
+        assert parse_engine_date(text) == expected
 
 
 def test_epoch_milliseconds_are_read() -> None:
