@@ -281,40 +281,20 @@ class RecordBook:
     def _admit_entering(self, rec: TrackedBatch, state: State, now: float,
                         out: Outcome) -> None:
         """:meth:`_admit` a new record, then :meth:`_transition` it to ``state``, with the
-        same records, counts, indexes, change sets and event; in one step, without
-        counting it in ``none`` first (a first cycle admits 10,000 running batches).
+        same records, counts, indexes, change sets and event; in one step: admitted in
+        ``state`` already, it is never counted in ``none`` and moved (a first cycle admits
+        10,000 running batches).
 
         For a record still in ``none`` with the empty diagnosis (as ``_new_record``
         makes it), entering a state that is neither ``none`` nor terminal and needs no
         diagnosis of its own (``in_progress``): its diagnosis is its link, as ``_admit``
         sets it. ``tests/unit/test_admit_entering.py`` holds the two paths equal.
         """
-        if self._per_source[rec.source] >= self.max_tracked and not self._make_room(rec, out):
+        rec.state, rec.state_since = state, now
+        if not self._admit(rec, out):
             return
-        source, target, batch_id = rec.source, rec.target, rec.batch_id
-        key = (source, target, batch_id)
-        self.records[key] = rec
-        self._per_source[source] += 1
-        self.version += 1
         self.state_changes += 1
-        link = self.link(rec)
-        rec.diagnosis = NO_DIAGNOSIS if link is None else Diagnosis(link=link)
-        rec.state = state
-        rec.state_since = now
-        self.counts[(source, target, state)] += 1
-        active = self.active.get((source, target))
-        if active is None:
-            active = self.active[(source, target)] = {}
-        active[batch_id] = rec
-        self.dirty.add(key)
-        self.forgotten.discard(key)
-        out.events.append(BatchTransition(  # positional, as in _transition
-            self._number(), now, source, target, batch_id, rec.batch_type, State.NONE, state,
-            rec.jobs if source is Source.ENGINE else None, None,
-            None if source is Source.ENGINE else rec.result_counts,
-            None if source is Source.ENGINE else rec.metadata,
-            rec.diagnosis,
-        ))
+        out.events.append(self._event(rec, State.NONE, now, None))
 
     def _index(self, rec: TrackedBatch) -> None:
         if rec.terminal:
@@ -397,11 +377,16 @@ class RecordBook:
             return
         before = rec.state
         self._set_state(rec, state, now)
-        source = rec.source
+        out.events.append(self._event(rec, before, now, duration))
+
+    def _event(self, rec: TrackedBatch, before: State, now: float,
+               duration: float | None) -> BatchTransition:
+        """The transition of ``rec`` from ``before`` to the state it is in now."""
+        source, state = rec.source, rec.state
         engine = source is Source.ENGINE
         # Positional, in BatchTransition's field order: a first cycle makes 10,000 of
-        # these, and keywords cost a third of a frozen dataclass's construction.
-        out.events.append(BatchTransition(
+        # these, and keywords cost a third of a dataclass's construction.
+        return BatchTransition(
             self._number(), now, source, rec.target, rec.batch_id, rec.batch_type,
             before, state,
             rec.jobs if engine else None,  # jobs
@@ -409,4 +394,4 @@ class RecordBook:
             None if engine else rec.result_counts,  # results
             None if engine else rec.metadata,  # metadata
             rec.diagnosis,
-        ))
+        )
