@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -140,11 +140,7 @@ class EngineClient:
         return response
 
     async def _get_list(self, path: str, params: dict[str, str]) -> list[object]:
-        body = (await self._get(path, params)).body
-        if not isinstance(body, list):
-            raise PollError("invalid_response", f"{path} answered a "
-                            f"{type(body).__name__}, not a list")
-        return body
+        return _as_list(path, (await self._get(path, params)).body)
 
     def _tenant_params(self) -> dict[str, str]:
         if self.target.tenant_ids:
@@ -207,7 +203,7 @@ class EngineClient:
                 **self._tenant_params(),
             }
             page = await self._get_list("/history/batch", params)
-            paging.check(len(page), first, [row_id(raw) for raw in page])
+            paging.check(len(page), first, (row_id(raw) for raw in page))
             reached_older = readable = unreadable = False
             for raw in page:
                 try:
@@ -362,10 +358,8 @@ class _StatisticsPages:
             known = self._pages.get(first)
             if known is not None and known[0] == body:
                 return known[1]
-            page = orjson.loads(body)  # JSONDecodeError: get_json says "malformed JSON"
-            if not isinstance(page, list):
-                raise PollError("invalid_response", f"/batch/statistics answered a "
-                                f"{type(page).__name__}, not a list")
+            # JSONDecodeError: get_json says "malformed JSON"
+            page = _as_list("/batch/statistics", orjson.loads(body))
             problems: list[DateProblem] = []
             # One call per page: the unchanged row's path is a few operations.
             rows, skipped = parse_statistics_page(page, problems)
@@ -386,6 +380,14 @@ class _StatisticsPages:
         """Forget pages beyond the last one of a complete listing (the list shrank)."""
         for first in [f for f in self._pages if f > last]:
             del self._pages[first]
+
+
+def _as_list(path: str, body: object) -> list[object]:
+    """A listing's decoded body, which must be a JSON array."""
+    if not isinstance(body, list):
+        raise PollError("invalid_response",
+                        f"{path} answered a {type(body).__name__}, not a list")
+    return body
 
 
 def _foreign_404(path: str, exc: NotFound) -> PollError:
@@ -425,18 +427,20 @@ class _Paging:
         self._seen: set[str | None] = {None}  # None: a row without an id is never new
         self._previous: list[str | None] = []
 
-    def check(self, size: int, first: int, ids: list[str | None]) -> None:
+    def check(self, size: int, first: int, ids: Iterable[str | None]) -> None:
         """Account for a page just read (``size`` rows at ``firstResult`` ``first``, with
-        these batch ids); raise when it is full and repeats what earlier pages listed."""
+        these batch ids); raise when it is full and repeats what earlier pages listed.
+        ``ids`` is read only for a full page (a generator costs nothing otherwise)."""
         self._pages += 1
         self._rows += size
         if size < self._page_size:
             return  # the last page: whatever it holds, paging ends here
-        new = set(ids)
+        listed = list(ids)
+        new = set(listed)
         new -= self._seen
         if not new:
             n = self._pages
-            if n > 1 and ids == self._previous:
+            if n > 1 and listed == self._previous:
                 what = (f"page {n} repeated the ids of page {n - 1} (the engine or a proxy "
                         f"ignores firstResult={first})")
             elif n == 1:
@@ -446,7 +450,7 @@ class _Paging:
                         f"had not listed")
             raise PollError("invalid_response", f"paging did not end: {self._endpoint} {what}")
         self._seen.update(new)
-        self._previous = ids
+        self._previous = listed
 
     def check_another(self) -> None:
         """Raise instead of reading a page beyond ``max_rows + page_size`` rows."""
