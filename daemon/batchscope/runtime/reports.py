@@ -11,12 +11,17 @@ The gate (:func:`verdict`): a batch passes when it ends ``passed`` or ``skipped`
 when it ends ``failed``, ``cancelled`` or ``vanished``, except a Datadog batch whose only
 failing results have the execution rule ``non_blocking``, which passes (as datadog-ci
 decides: non-blocking failures never fail the job). A batch not yet terminal is pending.
+
+A wait ends when every batch is terminal, at its timeout, or when a signal (SIGINT,
+SIGTERM: a CI job cancelled or out of time) interrupts it; each report says which, and
+what was known of every batch then.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import signal
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +32,7 @@ from urllib.parse import quote
 import orjson
 
 Verdict = Literal["passed", "failed", "pending"]
+Outcome = Literal["passed", "failed", "timed_out", "interrupted"]
 
 #: The state shown for a batch never seen before the timeout.
 UNKNOWN: Final = "unknown"
@@ -84,7 +90,8 @@ class IdleCheck:
 
 @dataclass(frozen=True, slots=True)
 class WaitReport:
-    """The end of one ``wait``: the batches, whether it timed out, and when."""
+    """The end of one ``wait``: the batches, whether it timed out or was interrupted (by
+    the signal named in ``interrupted``: ``SIGINT``, ``SIGTERM``), and when."""
 
     batches: tuple[WaitedBatch, ...]
     timed_out: bool
@@ -92,6 +99,11 @@ class WaitReport:
     finished_at: float
     timeout_seconds: float
     idle: IdleCheck | None = None
+    interrupted: str | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return self.finished_at - self.started_at
 
 
 # --------------------------------------------------------------------------- the gate
@@ -136,14 +148,20 @@ def shown_state(batch: WaitedBatch) -> str:
     return batch.state
 
 
-def outcome(report: WaitReport) -> Literal["passed", "failed", "timed_out"]:
+def outcome(report: WaitReport) -> Outcome:
     """A failure is definite even while another batch is still running: it wins over a
-    timeout (the gate has failed whatever the rest does)."""
+    timeout and over an interruption (the gate has failed whatever the rest does). An
+    interrupted wait whose batches did not all pass (``--idle``: the engine was not idle)
+    is ``interrupted``."""
     if report.idle is not None:
-        return "passed" if report.idle.idle else "timed_out"
+        if report.idle.idle:
+            return "passed"
+        return "interrupted" if report.interrupted else "timed_out"
     verdicts = [verdict(b) for b in report.batches]
     if "failed" in verdicts:
         return "failed"
+    if report.interrupted and "pending" in verdicts:
+        return "interrupted"
     if report.timed_out or "pending" in verdicts:
         return "timed_out"
     return "passed"
@@ -152,9 +170,22 @@ def outcome(report: WaitReport) -> Literal["passed", "failed", "timed_out"]:
 EXIT_CODES: Final = {"passed": 0, "failed": 1, "timed_out": 3}
 
 
+def signal_exit_code(name: str | None) -> int:
+    """The shell's code for a process ended by the signal ``name``: 128 + its number
+    (130 SIGINT, 143 SIGTERM); 130 for a name that is no signal."""
+    try:
+        return 128 + signal.Signals[name or ""].value
+    except KeyError:
+        return 128 + signal.SIGINT.value
+
+
 def exit_code(report: WaitReport) -> int:
-    """0 passed, 1 a batch failed (non-blocking results aside), 3 timed out."""
-    return EXIT_CODES[outcome(report)]
+    """0 passed, 1 a batch failed (non-blocking results aside), 3 timed out, 128 + the
+    signal's number when interrupted (130 SIGINT, 143 SIGTERM)."""
+    result = outcome(report)
+    if result == "interrupted":
+        return signal_exit_code(report.interrupted)
+    return EXIT_CODES[result]
 
 
 # --------------------------------------------------------------------------- hostile text
@@ -239,7 +270,8 @@ def junit_xml(report: WaitReport) -> str:
     message and text carry location, device, reason and link; a ``non_blocking`` failure is
     ``skipped`` with a message starting ``non_blocking failure`` (counted and shown by every
     reporter, failing none); a result still running at the timeout is an ``error`` of type
-    ``wait_timeout``. An engine batch is one ``testcase`` (``classname`` ``engine.<type>``).
+    ``wait_timeout`` (``wait_interrupted`` when a signal stopped the wait). An engine batch
+    is one ``testcase`` (``classname`` ``engine.<type>``).
     A failed or pending batch none of whose test cases says so gets a test case of its own,
     so that no report shows a failed gate as green.
     """
@@ -338,7 +370,15 @@ def _unique_names(cases: Sequence[ET.Element]) -> None:
             case.set("name", f"{case.get('name')} #{seen[key]}")
 
 
-def _timeout_message(report: WaitReport, what: str) -> str:
+def _unfinished_type(report: WaitReport) -> str:
+    """The ``error`` type of what had not finished when the wait ended."""
+    return "wait_timeout" if report.interrupted is None else "wait_interrupted"
+
+
+def _unfinished_message(report: WaitReport, what: str) -> str:
+    if report.interrupted is not None:
+        return (f"{what} when batchscope wait was interrupted by {report.interrupted} "
+                f"after {report.elapsed:.1f} s")
     return (f"{what} when batchscope wait timed out after "
             f"{report.timeout_seconds:g} s")
 
@@ -364,8 +404,8 @@ def _result_case(report: WaitReport, batch: WaitedBatch,
                 "skipped by its execution rule" if rule == "skipped" else "skipped")})
         return case
     if not batch.terminal:
-        _outcome_element(case, "error", type_="wait_timeout", lines=details,
-                         message=_timeout_message(report, f"still {state} at {where}"))
+        _outcome_element(case, "error", type_=_unfinished_type(report), lines=details,
+                         message=_unfinished_message(report, f"still {state} at {where}"))
         return case
     timed_out = result.get("timed_out") is True
     what = "timed out" if timed_out else ("failed" if state == "failed"
@@ -416,8 +456,8 @@ def _fail_or_error(report: WaitReport, batch: WaitedBatch, case: ET.Element) -> 
         what = ("not seen" if batch.state == UNKNOWN else f"still {batch.state}")
         if batch.reason:
             what += f" ({batch.reason})"
-        _outcome_element(case, "error", type_="wait_timeout", lines=lines,
-                         message=_timeout_message(report, what))
+        _outcome_element(case, "error", type_=_unfinished_type(report), lines=lines,
+                         message=_unfinished_message(report, what))
         return
     message = f"batch {batch.state}"
     if batch.reason:
@@ -441,13 +481,12 @@ def _idle_suite(report: WaitReport, idle: IdleCheck) -> ET.Element:
     kinds = ", ".join(idle.types) if idle.types else "any type"
     _properties(suite, [("target", idle.target), ("types", ", ".join(idle.types)),
                         ("remaining", idle.remaining)])
-    case = _case("engine.idle", f"no runtime batch ({kinds})",
-                 seconds(report.finished_at - report.started_at))
+    case = _case("engine.idle", f"no runtime batch ({kinds})", seconds(report.elapsed))
     if not idle.idle:
         lines = [(b.batch_id, f"{b.state} {b.batch_type or ''}".strip())
                  for b in report.batches]
-        _outcome_element(case, "error", type_="wait_timeout", lines=lines,
-                         message=_timeout_message(report, left_text(idle)))
+        _outcome_element(case, "error", type_=_unfinished_type(report), lines=lines,
+                         message=_unfinished_message(report, left_text(idle)))
     _close_suite(suite, [case], float(case.get("time", "0")))
     return suite
 
@@ -475,7 +514,8 @@ def _iso_z(epoch: float | None) -> str | None:
 
 
 def json_summary(report: WaitReport) -> str:
-    """The ``--json`` file: the outcome and exit code, then each batch's final state,
+    """The ``--json`` file: the outcome and exit code, whether it timed out or was
+    ``interrupted`` (the signal's name, else null), then each batch's final state,
     ``verdict``, ``reason``, ``failure``, ``link`` and results (``state`` is the tracker's;
     ``shown_state`` is what stdout printed)."""
     doc: dict[str, Any] = {
@@ -483,10 +523,11 @@ def json_summary(report: WaitReport) -> str:
         "outcome": outcome(report),
         "exit_code": exit_code(report),
         "timed_out": report.timed_out,
+        "interrupted": report.interrupted,
         "timeout_seconds": report.timeout_seconds,
         "started_at": _iso_z(report.started_at),
         "finished_at": _iso_z(report.finished_at),
-        "elapsed_seconds": round(report.finished_at - report.started_at, 3),
+        "elapsed_seconds": round(report.elapsed, 3),
     }
     if report.idle is not None:
         doc["idle"] = {"target": report.idle.target, "types": list(report.idle.types),
@@ -500,7 +541,8 @@ def json_summary(report: WaitReport) -> str:
 # Inside a table cell no line starts with the text, so only inline syntax needs escaping.
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
 _CODE_SAFE = re.compile(r"[A-Za-z0-9._:/@+=-]{1,200}")
-_ICONS: Final = {"passed": "✅", "failed": "❌", "pending": "⏳", "timed_out": "⏳"}
+_ICONS: Final = {"passed": "✅", "failed": "❌", "pending": "⏳", "timed_out": "⏳",
+                 "interrupted": "🛑"}
 
 
 def md(value: object, limit: int = 200) -> str:
@@ -548,14 +590,16 @@ def markdown_summary(report: WaitReport) -> str:
     results (blocking, then non-blocking) with links, at most :data:`MAX_MARKDOWN_ROWS`
     per batch."""
     result = outcome(report)
-    title = {"passed": "passed", "failed": "failed", "timed_out": "timed out"}[result]
+    title = (f"interrupted ({md(report.interrupted)})" if result == "interrupted" else
+             {"passed": "passed", "failed": "failed", "timed_out": "timed out"}[result])
     lines = [f"### {_ICONS[result]} batchscope wait: {title}", ""]
     if report.idle is not None:
         idle = report.idle
         kinds = ", ".join(code(t) for t in idle.types) if idle.types else "any type"
+        when = (f"after {report.timeout_seconds:g} s" if report.interrupted is None else
+                f"when interrupted by {md(report.interrupted)} after {report.elapsed:.1f} s")
         lines.append(f"Engine {code(idle.target)}, batches of {kinds}: "
-                     + ("idle." if idle.idle else
-                        f"not idle after {report.timeout_seconds:g} s: {left_text(idle)}."))
+                     + ("idle." if idle.idle else f"not idle {when}: {left_text(idle)}."))
         lines.append("")
     if report.batches:
         lines += ["| Batch | Source | State | Gate | Results | Reason |",
