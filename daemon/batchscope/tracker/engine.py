@@ -120,6 +120,10 @@ class EngineTracker(RecordBook):
         suspended, failed = State.SUSPENDED, State.FAILED
         stalled, in_progress = State.STALLED, State.IN_PROGRESS
         get = active.get
+        records, source = self.records, Source.ENGINE
+        # First sightings entering in_progress, admitted together (_admit_running) before
+        # the next row that takes the full path: events stay in listing order.
+        fresh: list[EngineBatchSnapshot] = []
         for batch_id, row in latest.items():
             rec = get(batch_id)
             if rec is not None and rec.runtime_row is row and rec.jobs is row.jobs:
@@ -138,7 +142,15 @@ class EngineTracker(RecordBook):
                 if state is rec.state:
                     rec.last_seen = now
                     continue
+            elif (rec is None and (source, target, batch_id) not in records
+                  and rules.engine_runtime_state(row, now, now, stall_after) is in_progress):
+                fresh.append(row)
+                continue
+            if fresh:
+                self._admit_running(target, fresh, now, out)
+                fresh = []
             self._engine_row(target, row, now, stall_after, out)
+        self._admit_running(target, fresh, now, out)
         active = self.active.get((Source.ENGINE, target), {})
         out.missing.extend(
             batch_id
@@ -201,6 +213,19 @@ class EngineTracker(RecordBook):
             return
         self._diagnose_runtime(rec, row, state, out)
         self._transition(rec, state, now, out)
+
+    def _admit_running(self, target: str, rows: list[EngineBatchSnapshot], now: float,
+                       out: Outcome) -> None:
+        """First sightings whose rows say ``in_progress``, in order: what
+        :meth:`_engine_first_sighting` does for each, for all at once. Nothing to diagnose:
+        the admitted record's diagnosis is its link, as ``_admit`` sets it."""
+        recs = []
+        for row in rows:
+            rec = _new_record(target, row.batch_id, row.batch_type, now, row.start_time,
+                              row.jobs)
+            rec.runtime_row = row
+            recs.append(rec)
+        self._admit_all_entering(recs, State.IN_PROGRESS, now, out)
 
     def _diagnose_runtime(self, rec: TrackedBatch, row: EngineBatchSnapshot, state: State,
                           out: Outcome) -> None:

@@ -127,6 +127,11 @@ class ChangedKeys(set[Key]):
         self.added += 1
         super().add(key)
 
+    def add_all(self, keys: list[Key]) -> None:
+        """:meth:`add` of each key, in one call."""
+        self.added += len(keys)
+        self.update(keys)
+
 
 class RecordBook:
     """Every tracked batch, indexed for the pollers (active), expiry (ended) and metrics."""
@@ -295,6 +300,61 @@ class RecordBook:
             return
         self.state_changes += 1
         out.events.append(self._event(rec, State.NONE, now, None))
+
+    def _admit_all_entering(self, recs: list[TrackedBatch], state: State, now: float,
+                            out: Outcome) -> None:
+        """:meth:`_admit_entering` of each record in turn (new records of one source and
+        target, ``state`` neither ``none`` nor terminal): the same records, counts, indexes,
+        change sets and events, in the same order, with the bookkeeping done once for all.
+
+        A first cycle admits 10,000 running batches; one call each through ``_admit`` was
+        a third of the core's CPU (issue 12). The records beyond the source's free room
+        take :meth:`_admit_entering` one by one (eviction or refusal, with its notice).
+        ``tests/unit/test_admit_entering.py`` holds this equal to the two-step path.
+        """
+        if not recs:
+            return
+        source, target = recs[0].source, recs[0].target
+        room = max(0, self.max_tracked - self._per_source[source])
+        admitted = recs[:room]
+        if admitted:
+            active = self.active.setdefault((source, target), {})
+            links = self.links.get((source, target))
+            numbered = not self.deferred_numbering
+            seq = self.seq
+            none, events, keys = State.NONE, out.events, []
+            for rec in admitted:
+                batch_id = rec.batch_id
+                key = (source, target, batch_id)
+                rec.state, rec.state_since = state, now
+                self.records[key] = rec
+                active[batch_id] = rec
+                if links is not None:
+                    link = self.link(rec)
+                    if link is not None:
+                        rec.diagnosis = Diagnosis(link=link)
+                keys.append(key)
+                if numbered:
+                    seq += 1
+                # _event's construction for a record entering `state` from none.
+                events.append(BatchTransition(
+                    seq if numbered else UNNUMBERED, now, source, target, batch_id,
+                    rec.batch_type, none, state,
+                    rec.jobs if source is Source.ENGINE else None, None,
+                    None if source is Source.ENGINE else rec.result_counts,
+                    None if source is Source.ENGINE else rec.metadata,
+                    rec.diagnosis))
+            n = len(admitted)
+            self.seq = seq
+            self._per_source[source] += n
+            self.version += n
+            self.counts[(source, target, state)] += n
+            self.state_changes += n
+            self.dirty.add_all(keys)
+            if self.forgotten:
+                self.forgotten.difference_update(keys)
+        for rec in recs[room:]:
+            self._admit_entering(rec, state, now, out)
 
     def _index(self, rec: TrackedBatch) -> None:
         if rec.terminal:
