@@ -86,6 +86,19 @@ def written_bytes() -> int:
     return 0
 
 
+def _path_kinds(paths: dict[str, int]) -> dict[str, int]:
+    """Engine requests by endpoint: a batch id in the path becomes ``{id}`` (one key per
+    endpoint, not one per batch)."""
+    kinds: dict[str, int] = {}
+    for path, n in paths.items():
+        parts = path.split("/")
+        if len(parts) > 3 and parts[-2] == "batch" and parts[-1] not in ("statistics",):
+            parts[-1] = "{id}"
+        kind = "/".join(parts)
+        kinds[kind] = kinds.get(kind, 0) + n
+    return dict(sorted(kinds.items()))
+
+
 def ru_maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -104,6 +117,7 @@ class Phase:
     runs: int = 1
     note: str = ""
     samples_cpu_s: list[float] = field(default_factory=list)
+    engine_paths: dict[str, int] = field(default_factory=dict)  # engine requests by path
 
 
 @dataclass
@@ -242,6 +256,7 @@ class Bench:
             requests=after["requests"],
             peak_rss_mb=ru_maxrss_mb(), vm_hwm_mb=vm.get("VmHWM", 0.0),
             vm_rss_mb=vm.get("VmRSS", 0.0), note=note,
+            engine_paths=_path_kinds(after.get("engine_paths", {})),
         )
         phase.samples_cpu_s = [phase.cpu_s]
         return phase
