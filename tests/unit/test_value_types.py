@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from batchscope.model import EngineBatchSnapshot, JobCounts
+from batchscope.model import (
+    NO_DIAGNOSIS,
+    BatchTransition,
+    Diagnosis,
+    EngineBatchSnapshot,
+    JobCounts,
+    Reason,
+    Source,
+    State,
+)
 
 DAEMON = Path(__file__).resolve().parents[2] / "daemon"
 
@@ -54,3 +64,29 @@ print("ok", e.seq, hash(JobCounts(1, 1, 0, 1, 0)) == hash(b))
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["ok", "3", "True"]
 
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_an_engine_transitions_fields_are_the_general_paths(seed: int) -> None:
+    """An engine transition's fields (one dict display, the log line's hot path) are the
+    general path's: the same names, values and order, whatever its states, counts,
+    duration and diagnosis (reason, failure, link or none)."""
+    rnd = random.Random(seed)
+    states = list(State)
+    for _ in range(50):
+        reason = rnd.choice([None, *Reason])
+        diagnosis = rnd.choice([
+            NO_DIAGNOSIS,
+            Diagnosis(reason, rnd.choice([None, {"failed_jobs": 2, "messages": []}]),
+                      rnd.choice([None, "https://cockpit.example/#/batch?details=b"])),
+        ])
+        event = BatchTransition(
+            rnd.randint(0, 10**6), 1e9, Source.ENGINE, "e", f"b{seed}", "migration",
+            rnd.choice(states), rnd.choice(states),
+            JobCounts(*(rnd.randint(0, 10**6) for _ in range(5))),
+            rnd.choice([None, 0.0, 12.5]), None, None, diagnosis)
+        fields = event.fields()
+        general = event._any_fields()
+        assert list(fields.items()) == list(general.items())
+        jobs = JobCounts(1, 2, 3, 4, 5).fields()
+        assert [k for k in fields if k in jobs] == list(jobs)
