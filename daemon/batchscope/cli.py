@@ -2,18 +2,22 @@
 
 Exit codes: 0 success; 1 ``wait`` ended in failed/cancelled/vanished (``once``: a target
 failed); 2 usage error; 3 ``wait`` timed out; 78 invalid configuration, state file or listen
-address; 130 interrupted.
+address; 128 + the signal's number when ``wait`` is interrupted while waiting (130 SIGINT,
+143 SIGTERM: its reports are still written, the unfinished batches marked so); 130
+interrupted (Ctrl-C) anywhere else.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +38,9 @@ if TYPE_CHECKING:
     from batchscope.runtime.reports import WaitReport
 
 EXIT_OK, EXIT_BAD_OUTCOME, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell convention
+#: 128 + SIGINT, the shell convention: a Ctrl-C outside ``wait``'s waiting (which answers
+#: 128 + the signal's number itself, its reports written).
+EXIT_INTERRUPTED = 130
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -99,8 +105,9 @@ def _wait_parser(sub: Any) -> None:
                     "Progress on stderr (one line per change), final states on stdout "
                     "(one line per batch: id and state). Exit 0 all passed or skipped; 1 one "
                     "failed, was cancelled or vanished (Datadog non_blocking results never "
-                    "fail the gate); 2 usage; 3 timed out; 130 interrupted. With --idle: "
-                    "block until the engine has no runtime batch (of the --type types).")
+                    "fail the gate); 2 usage; 3 timed out; 130/143 interrupted by "
+                    "SIGINT/SIGTERM (the reports still written). With --idle: block until "
+                    "the engine has no runtime batch (of the --type types).")
     _common(wait)
     wait.add_argument("batch_ids", nargs="*", metavar="BATCH_ID")
     wait.add_argument("--source", choices=["engine", "datadog"], default=None,
@@ -315,15 +322,16 @@ def _print_outcome(report: WaitReport) -> None:
     sys.stdout.flush()
     result = reports.outcome(report)
     verdicts = [reports.verdict(b) for b in report.batches]
+    stopped = (f"interrupted by {report.interrupted} after {report.elapsed:.1f} s"
+               if result == "interrupted" else
+               f"timed out after {report.timeout_seconds:g} s")
     if report.idle is not None:
         line = ("idle" if report.idle.idle else
-                f"timed out after {report.timeout_seconds:g} s: not idle "
-                f"({reports.left_text(report.idle)})")
+                f"{stopped}: not idle ({reports.left_text(report.idle)})")
     else:
         counts = ", ".join(f"{verdicts.count(v)} {v}" for v in ("passed", "failed", "pending")
                            if verdicts.count(v))
-        line = {"passed": "passed", "failed": "failed",
-                "timed_out": f"timed out after {report.timeout_seconds:g} s"}[result]
+        line = {"passed": "passed", "failed": "failed"}.get(result, stopped)
         line += f" ({counts})"
         pending = [f"{b.batch_id} still {b.state}" for b in report.batches
                    if reports.verdict(b) == "pending"]
@@ -363,10 +371,29 @@ def cmd_wait(args: argparse.Namespace) -> int:
     except LookupError as exc:
         print(f"batchscope wait: {exc.args[0]}", file=sys.stderr)
         return EXIT_USAGE
-    _print_outcome(report)
-    if not _write_reports(args, report):
-        return EXIT_USAGE
+    with _stop_signals_ignored() if report.interrupted else contextlib.nullcontext():
+        _print_outcome(report)
+        if not _write_reports(args, report):
+            return EXIT_USAGE
     return reports.exit_code(report)
+
+
+@contextlib.contextmanager
+def _stop_signals_ignored() -> Iterator[None]:
+    """A wait a signal stopped is already stopping: another SIGINT or SIGTERM (GitHub
+    Actions sends SIGINT, then SIGTERM) while its reports are written changes nothing."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+    except ValueError:  # not the main thread: no signal is ours to handle
+        previous = {}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "check-config": cmd_check_config,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
@@ -388,8 +389,77 @@ async def _never_listed(waiter: _Waiter, poller: EnginePoller, client: EngineCli
     poller.publish(poller.core.apply(poller.key, HistorySwept([record]), poller.clock()))
 
 
-def _remaining_seconds(deadline: float) -> float:
-    return deadline - time.monotonic()
+#: The signals that stop a ``wait`` with its reports (a CI runner cancelling the job sends
+#: SIGTERM, GitHub Actions SIGINT first; Ctrl-C is SIGINT).
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ending:
+    """How a wait's polling ended: it finished, the deadline passed, or a signal came."""
+
+    timed_out: bool = False
+    #: The signal's name (``SIGINT``, ``SIGTERM``) when one stopped it.
+    interrupted: str | None = None
+
+
+@contextlib.contextmanager
+def _stop_signals(loop: asyncio.AbstractEventLoop,
+                  stop: Callable[[signal.Signals], None]) -> Iterator[None]:
+    """``stop(signal)`` on SIGINT and SIGTERM while in the block; then the handlers in
+    effect before come back (asyncio.Runner's own SIGINT handler among them).
+
+    Outside the main thread a loop cannot handle signals: the block runs without.
+    """
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    added: list[signal.Signals] = []
+    try:
+        for sig in STOP_SIGNALS:
+            try:
+                loop.add_signal_handler(sig, stop, sig)
+            except (RuntimeError, ValueError, NotImplementedError):
+                break
+            added.append(sig)
+        yield
+    finally:
+        for sig in added:
+            loop.remove_signal_handler(sig)
+            handler = previous[sig]
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+async def _poll_until(deadline: float, poll: Callable[[], Awaitable[None]],
+                      close: Callable[[], Awaitable[None]]) -> _Ending:
+    """Run ``poll`` (a loop that returns once the wait is over) until it returns, the
+    ``deadline`` (``time.monotonic()``) passes, or SIGINT or SIGTERM comes; then
+    ``close``, always, still under the signal handlers (a second signal while stopping
+    changes nothing). A deadline or a signal cancels ``poll`` at once, in-flight requests
+    included. An error ``poll`` raises is raised (after ``close``).
+    """
+    loop = asyncio.get_running_loop()
+    ended: list[_Ending] = []  # the first reason to stop wins
+    polling = asyncio.ensure_future(poll())
+
+    def interrupt(sig: signal.Signals) -> None:
+        if not ended and not polling.done():
+            ended.append(_Ending(interrupted=sig.name))
+            polling.cancel()
+
+    with _stop_signals(loop, interrupt):
+        try:
+            await asyncio.wait([polling], timeout=max(0.0, deadline - time.monotonic()))
+            if not polling.done():
+                ended.append(_Ending(timed_out=True))
+        finally:
+            if not polling.done():  # the deadline passed, or our caller cancelled us
+                polling.cancel()
+                await asyncio.wait([polling])
+            await close()
+    if ended:
+        return ended[0]
+    polling.result()  # finished, or raised
+    return _Ending()
 
 
 async def wait_for_batches(
@@ -402,8 +472,9 @@ async def wait_for_batches(
     timeout_seconds: float,
     progress: Progress | None = None,
 ) -> WaitReport:
-    """Poll until every batch is terminal or ``deadline`` (``time.monotonic()``) passes;
-    the report says which (``timed_out``) and what is known of each batch.
+    """Poll until every batch is terminal, ``deadline`` (``time.monotonic()``) passes, or
+    SIGINT or SIGTERM comes (a CI job cancelled or out of time); the report says which
+    (``timed_out``, ``interrupted``) and what is known of each batch.
 
     ``deadline`` bounds everything, slow or stuck upstream requests and their retries
     included: a CI gate answers on time. Raises LookupError for an unknown target.
@@ -420,37 +491,30 @@ async def wait_for_batches(
     shot = OneShot(settings, publish=waiter.publish)
     waiter.core, waiter.log = shot.core, shot.log
     started = time.time()
-    timed_out = False
-    loop = asyncio.get_running_loop()
-    timeout = asyncio.timeout_at(loop.time() + _remaining_seconds(deadline))
-    try:
-        async with timeout:
-            [poller] = shot.start([chosen])
-            health = _Health(shot, poller, progress)
-            while True:
-                try:
-                    if isinstance(poller, EnginePoller):
-                        await _engine_cycle(waiter, poller)
-                    else:
-                        assert isinstance(poller, DatadogPoller)
-                        await poller.poll_once()
-                except PollError as exc:
-                    health.failed(exc)
+
+    async def poll() -> None:
+        [poller] = shot.start([chosen])
+        health = _Health(shot, poller, progress)
+        while True:
+            try:
+                if isinstance(poller, EnginePoller):
+                    await _engine_cycle(waiter, poller)
                 else:
-                    health.ok()
-                waiter.show()
-                if not waiter.pending():
-                    break
-                await asyncio.sleep(poller.interval)
-    except TimeoutError:
-        if not timeout.expired():
-            raise
-        timed_out = True
-    finally:
-        await shot.close()
+                    assert isinstance(poller, DatadogPoller)
+                    await poller.poll_once()
+            except PollError as exc:
+                health.failed(exc)
+            else:
+                health.ok()
+            waiter.show()
+            if not waiter.pending():
+                return
+            await asyncio.sleep(poller.interval)
+
+    ending = await _poll_until(deadline, poll, shot.close)
     return WaitReport(batches=tuple(waiter.waited(b) for b in waiter.batch_ids),
-                      timed_out=timed_out, started_at=started, finished_at=time.time(),
-                      timeout_seconds=timeout_seconds)
+                      timed_out=ending.timed_out, started_at=started, finished_at=time.time(),
+                      timeout_seconds=timeout_seconds, interrupted=ending.interrupted)
 
 
 # --------------------------------------------------------------------------- --idle
@@ -525,45 +589,41 @@ async def wait_until_idle(
 ) -> WaitReport:
     """Poll until the engine has no runtime batch (of ``types``): the gate before an
     engine upgrade. Every batch the credentials can see counts, whatever the target's
-    ``tenant_ids``: an upgrade concerns them all. Raises LookupError for an unknown target.
+    ``tenant_ids``: an upgrade concerns them all. The deadline and SIGINT/SIGTERM end it
+    as they end :func:`wait_for_batches`. Raises LookupError for an unknown target.
     """
     chosen: EngineTarget = _pick(settings.engines, target, Source.ENGINE.value)
     types = list(dict.fromkeys(types))
     progress = progress if progress is not None else Progress(None)
     shot = OneShot(settings)
     started = time.time()
-    timed_out = False
     batches: list[WaitedBatch] = []
     sample = _Sample([], -1)
-    loop = asyncio.get_running_loop()
-    timeout = asyncio.timeout_at(loop.time() + _remaining_seconds(deadline))
-    try:
-        async with timeout:
-            [poller] = shot.start([chosen])
-            assert isinstance(poller, EnginePoller)
-            health = _Health(shot, poller, progress)
-            while True:
-                try:
-                    sample = await _runtime_sample(poller.client, types)
-                except PollError as exc:
-                    health.failed(exc)
-                else:
-                    health.ok()
-                    now = time.time()
-                    batches = [_idle_batch(r, chosen, now) for r in sample.rows]
-                    key = (sample.total, tuple((b.batch_id, b.state) for b in batches))
-                    if progress.changed(("engine-idle", chosen.name), key):
-                        progress.line(_idle_line(chosen.name, types, sample, batches))
-                    if sample.total == 0:
-                        break
-                await asyncio.sleep(poller.interval)
-    except TimeoutError:
-        if not timeout.expired():
-            raise
-        timed_out = True
-    finally:
-        await shot.close()
+
+    async def poll() -> None:
+        nonlocal batches, sample
+        [poller] = shot.start([chosen])
+        assert isinstance(poller, EnginePoller)
+        health = _Health(shot, poller, progress)
+        while True:
+            try:
+                sample = await _runtime_sample(poller.client, types)
+            except PollError as exc:
+                health.failed(exc)
+            else:
+                health.ok()
+                now = time.time()
+                batches = [_idle_batch(r, chosen, now) for r in sample.rows]
+                key = (sample.total, tuple((b.batch_id, b.state) for b in batches))
+                if progress.changed(("engine-idle", chosen.name), key):
+                    progress.line(_idle_line(chosen.name, types, sample, batches))
+                if sample.total == 0:
+                    return
+            await asyncio.sleep(poller.interval)
+
+    ending = await _poll_until(deadline, poll, shot.close)
     idle = IdleCheck(target=chosen.name, types=tuple(types), idle=sample.total == 0,
                      remaining=None if sample.total < 0 else sample.total)
-    return WaitReport(batches=tuple(batches), timed_out=timed_out, started_at=started,
-                      finished_at=time.time(), timeout_seconds=timeout_seconds, idle=idle)
+    return WaitReport(batches=tuple(batches), timed_out=ending.timed_out, started_at=started,
+                      finished_at=time.time(), timeout_seconds=timeout_seconds, idle=idle,
+                      interrupted=ending.interrupted)
