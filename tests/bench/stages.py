@@ -8,6 +8,11 @@ times each stage of a first cycle on its own, in this process, without HTTP: dec
 pages, parsing the rows (with and without the row memory), the core's first sightings,
 numbering, and each sink (log lines rendered to /dev/null with secrets registered, metrics,
 the event buffer). Each stage's best of ``--runs`` (process CPU time). A script, not a test.
+
+The last line, ``reference: least Python``, is not batchscope: it is the least any Python
+design spends per first sighting after decoding (one object from the row with its two dates,
+one event, one JSON line; nothing checked, remembered, indexed, counted or redacted), to
+compare the stages with.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +76,51 @@ def annotate_time(first_sightings: Callable[[], tuple[Core, Outcome]]) -> float:
     return time.process_time() - start
 
 
+class _LeastRow:
+    """The least a first sighting can be: a few slots filled from the row."""
+
+    __slots__ = ("batch_id", "batch_type", "completed", "execution_start", "failed",
+                 "remaining", "start", "suspended", "total")
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        get = row.get
+        self.batch_id, self.batch_type = get("id"), get("type")
+        self.total, self.completed = get("totalJobs"), get("completedJobs")
+        self.remaining, self.failed = get("remainingJobs"), get("failedJobs")
+        self.suspended = get("suspended")
+        start, execution = get("startTime"), get("executionStartTime")
+        self.start = None if start is None else datetime.fromisoformat(start).timestamp()
+        self.execution_start = (None if execution is None
+                                else datetime.fromisoformat(execution).timestamp())
+
+
+class _LeastEvent:
+    __slots__ = ("row", "seq")
+
+    def __init__(self, seq: int, row: _LeastRow) -> None:
+        self.seq, self.row = seq, row
+
+
+def least_python(decoded: list[list[dict[str, Any]]]) -> list[str]:
+    """A reference, not batchscope: the least Python any design spends on a first
+    sighting, with nothing checked, remembered, indexed, counted or redacted: one object
+    from the decoded row (its two dates parsed), one event, one JSON log line."""
+    lines, seq, dumps = [], 0, orjson.dumps
+    for page in decoded:
+        for raw in page:
+            row = _LeastRow(raw)
+            seq += 1
+            event = _LeastEvent(seq, row)
+            lines.append(dumps({
+                "timestamp": "2026-01-01T00:00:00Z", "level": "info",
+                "event": "batch.transition", "seq": event.seq, "source": "engine",
+                "target": "bench", "batch_id": row.batch_id, "batch_type": row.batch_type,
+                "from_state": "none", "to_state": "in_progress", "total_jobs": row.total,
+                "completed_jobs": row.completed, "remaining_jobs": row.remaining,
+                "failed_jobs": row.failed}).decode())
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=10_000)
@@ -101,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = Metrics(core.tracker, max_batch_series=500)
     buffer = EventBuffer()
     log = EventLog()
+    decoded = [orjson.loads(p) for p in pages]
     stages: list[tuple[str, Callable[[], Any]]] = [
         ("decode pages (orjson)", lambda: [orjson.loads(p) for p in pages]),
         ("decode + parse, first time", parse_first),
@@ -109,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         ("log lines (JSON)", lambda: log.events(events)),
         ("metrics", lambda: metrics.observe(events)),
         ("event buffer", lambda: buffer.extend(events)),
+        ("reference: least Python", lambda: least_python(decoded)),
     ]
     with open(os.devnull, "w") as devnull:
         configure_logging(log_format="json", level="info", stream=devnull,
