@@ -2,6 +2,7 @@
 
     PYTHONPATH=daemon python tests/bench/bench.py [--engine-batches 10000]
         [--datadog-batches 1000] [--repeat 3] [--json] [--profile PHASE]
+        [--latency-batches 400]
 
 The upstreams (the built-in simulator, pre-loaded with batches) run in a subprocess
 (``simproc.py``), so this process's CPU time and RSS are the daemon's alone; the simulator's
@@ -39,6 +40,10 @@ from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as _openmetrics_latest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import latency  # beside this file
+
 from batchscope.model import Source
 from batchscope.runtime import compose
 from batchscope.runtime.daemon import Daemon
@@ -54,6 +59,7 @@ TARGET_RSS_MB = 150.0
 TARGET_STEADY_X = 2.0  # engine-steady CPU as a multiple of the floor's (issue 12)
 TARGET_FIRST_X = 3.0  # engine-first likewise
 TARGET_RENDER_MS = 10.0  # /metrics render CPU at the default max_batch_series
+TARGET_LATENCY_S = 1.25  # Datadog: median batch-end detection latency, adaptive (issue 12)
 DEFAULT_MAX_BATCH_SERIES = 500
 PHASES = ("floor", "engine-first", "engine-steady", "engine-changed", "datadog-first",
           "datadog-steady", "datadog-changed", "persist-first", "persist-steady", "persist-datadog")
@@ -230,6 +236,7 @@ class Bench:
         self.renders: list[Render] = []
         self.profiles: dict[str, str] = {}
         self.peak_by_cap: dict[int, float] = {}  # ru_maxrss after rendering with that cap
+        self.latency: dict[str, Any] | None = None  # latency.run_phase's report
 
     async def measure(self, name: str, action: Callable[[], Awaitable[Any]],
                       daemon: Daemon | None, sim: Simulator, *, note: str = "") -> Phase:
@@ -315,6 +322,10 @@ class Bench:
         self.memory = {"baseline_rss_mb": baseline, "ru_maxrss_mb": ru_maxrss_mb(),
                        **{f"{k}_mb": v for k, v in vm_status().items()}}
         self.sim_setup = sim.hello["engine_setup"]
+        if args.latency_batches > 0:
+            # After the rest, alone: it runs in real time (about the batches' own length).
+            self.latency = await latency.run_phase(latency.Config(
+                batches=args.latency_batches, time_scale=args.latency_time_scale))
 
     def _settings(self, sim: Simulator, state_path: Path) -> Settings:
         hello = sim.hello
@@ -583,6 +594,7 @@ class Bench:
             "tracker": self.tracked,
             "targets": self.verdicts(),
             "profiles": self.profiles,
+            "datadog_latency": self.latency,
         }
 
     def table(self) -> str:
@@ -631,9 +643,26 @@ class Bench:
                   f"{'OK' if m['ok'] else 'MISSED'}; after one batch changed: text "
                   f"{m.get('text, 1 changed', float('nan')):.1f} ms, openmetrics "
                   f"{m.get('om, 1 changed', float('nan')):.1f} ms\n")
+        if self.latency is not None:
+            out.write("\n" + latency.table(self.latency))
+            out.write(self.latency_verdict(self.latency) + "\n")
         for name, text in self.profiles.items():
             out.write(f"\n--- cProfile of {name} (cumulative) ---\n{text}")
         return out.getvalue()
+
+    @staticmethod
+    def latency_verdict(report: dict[str, Any]) -> str:
+        """Issue 12's Datadog goal: the adaptive median at most 1.25 s, with no more
+        requests per batch than fixed polling, and no 429."""
+        fixed, adaptive = report["fixed"]["all"], report["adaptive"]["all"]
+        ok = (adaptive["median_s"] <= TARGET_LATENCY_S
+              and adaptive["requests_per_batch"] <= fixed["requests_per_batch"]
+              and report["adaptive"]["rate_limited_answers"] == 0)
+        return (f"targets: Datadog median end latency {adaptive['median_s']:.2f} s (fixed "
+                f"{fixed['median_s']:.2f} s, <= {TARGET_LATENCY_S:g} s), requests per batch "
+                f"{adaptive['requests_per_batch']:.1f} (fixed {fixed['requests_per_batch']:.1f}"
+                f"), 429 answers {report['adaptive']['rate_limited_answers']} -> "
+                f"{'OK' if ok else 'MISSED'}")
 
 
 def profile_text(profiler: cProfile.Profile, lines: int, sort: str) -> str:
@@ -655,6 +684,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     parser.add_argument("--profile", action="append", default=[], choices=PHASES,
                         help="cProfile this phase (repeatable); top functions by own time")
+    parser.add_argument("--latency-batches", type=int, default=0, metavar="N",
+                        help="also run latency.py's Datadog detection-latency phase (fixed "
+                             "against adaptive polling) on N CI batches; 0 (default): not, it "
+                             "runs in real time (400 batches: about 6 minutes)")
+    parser.add_argument("--latency-time-scale", type=float, default=1.0,
+                        help="latency phase: durations scaled (0.2: five times faster, "
+                             "for a quick look; overheads do not scale)")
     parser.add_argument("--profile-lines", type=int, default=30)
     parser.add_argument("--profile-sort", default="tottime", choices=("tottime", "cumulative"),
                         help="order of the profile: own time, or time including callees")
