@@ -106,6 +106,19 @@ class Plan:
     cut: bool  # ended early: a batch timeout
 
 
+@dataclass(frozen=True)
+class Test:
+    """A Synthetic test of the catalogue: its typical duration, and a factor per location
+    and device (None: an API test, no device)."""
+
+    id: str
+    type: str
+    typical: float
+    locations: dict[str, float]
+    devices: dict[str | None, float]
+    retries: int
+
+
 def workload(cfg: Config) -> list[Plan]:
     """The same batches for every mode, from the seed."""
     rng = random.Random(cfg.seed)
@@ -114,16 +127,15 @@ def workload(cfg: Config) -> list[Plan]:
         browser = rng.random() < 0.6
         typical = (min(240.0, max(10.0, rng.lognormvariate(math.log(45), 0.5))) if browser
                    else min(30.0, max(0.5, rng.lognormvariate(math.log(4), 0.7))))
-        catalogue.append({
-            "id": f"{rng.choice('abcdefgh')}{n:02d}-{rng.randrange(100, 999)}-xyz",
-            "type": "browser" if browser else "api",
-            "typical": typical,
-            "locations": {loc: rng.uniform(0.9, 1.15)
-                          for loc in rng.sample(LOCATIONS, rng.randint(1, 3))},
-            "devices": ({d: rng.uniform(0.95, 1.1) for d in rng.sample(DEVICES, rng.randint(1, 2))}
-                        if browser else {None: 1.0}),
-            "retries": rng.choice((0, 1)),
-        })
+        # The random draws in this order: the same seed gives the same workload as ever.
+        test_id = f"{rng.choice('abcdefgh')}{n:02d}-{rng.randrange(100, 999)}-xyz"
+        locations = {loc: rng.uniform(0.9, 1.15)
+                     for loc in rng.sample(LOCATIONS, rng.randint(1, 3))}
+        devices: dict[str | None, float] = (
+            {d: rng.uniform(0.95, 1.1) for d in rng.sample(DEVICES, rng.randint(1, 2))}
+            if browser else {None: 1.0})
+        catalogue.append(Test(test_id, "browser" if browser else "api", typical, locations,
+                              devices, rng.choice((0, 1))))
     suites = [rng.sample(catalogue, rng.randint(2, 7)) for _ in range(cfg.suites)]
     weights = [1 / (k + 1) for k in range(cfg.suites)]  # some pipelines run more often
     plans = []
@@ -134,31 +146,31 @@ def workload(cfg: Config) -> list[Plan]:
         pace = rng.lognormvariate(0, 0.05)  # a slow or fast run of the whole suite
         specs, steps, ends, failed = [], [], [], False
         for test in suite:
-            for loc, loc_factor in test["locations"].items():
-                for device, dev_factor in test["devices"].items():
-                    specs.append({"test_public_id": test["id"], "test_name": test["id"],
-                                  "test_type": test["type"], "location": loc, "device": device,
-                                  "execution_rule": "blocking", "max_retries": test["retries"]})
-                    typical = test["typical"] * loc_factor * dev_factor * pace
+            for loc, loc_factor in test.locations.items():
+                for device, dev_factor in test.devices.items():
+                    specs.append({"test_public_id": test.id, "test_name": test.id,
+                                  "test_type": test.type, "location": loc, "device": device,
+                                  "execution_rule": "blocking", "max_retries": test.retries})
+                    typical = test.typical * loc_factor * dev_factor * pace
                     run = typical * rng.lognormvariate(0, 0.08)
                     start = rng.uniform(0, 1.0)  # waits for a runner
                     if rng.random() < 0.04:  # this attempt fails, somewhere along the way
                         first = run * rng.uniform(0.2, 1.0)
-                        if test["retries"]:
-                            steps.append(Step(start + first, test["id"], loc, device, None, first))
+                        if test.retries:
+                            steps.append(Step(start + first, test.id, loc, device, None, first))
                             again = typical * rng.lognormvariate(0, 0.08)
                             end = start + first + 0.3 + again
                             ok = rng.random() < 0.75
-                            steps.append(Step(end, test["id"], loc, device,
+                            steps.append(Step(end, test.id, loc, device,
                                               "passed" if ok else "failed", again))
                             failed |= not ok
                         else:
                             end = start + first
-                            steps.append(Step(end, test["id"], loc, device, "failed", first))
+                            steps.append(Step(end, test.id, loc, device, "failed", first))
                             failed = True
                     else:
                         end = start + run
-                        steps.append(Step(end, test["id"], loc, device, "passed", run))
+                        steps.append(Step(end, test.id, loc, device, "passed", run))
                     ends.append(end)
         end = max(ends) + rng.uniform(0, 1.0)  # Datadog finalises the batch
         cut = rng.random() < 0.04
