@@ -124,6 +124,9 @@ class Phase:
     note: str = ""
     samples_cpu_s: list[float] = field(default_factory=list)
     engine_paths: dict[str, int] = field(default_factory=dict)  # engine requests by path
+    # Each run's CPU time over the floor run made right before it (the same machine phase);
+    # engine-first and engine-steady only.
+    floor_ratios: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -237,6 +240,7 @@ class Bench:
         self.profiles: dict[str, str] = {}
         self.peak_by_cap: dict[int, float] = {}  # ru_maxrss after rendering with that cap
         self.latency: dict[str, Any] | None = None  # latency.run_phase's report
+        self._floor_before: Phase | None = None  # the floor run measured last, if just now
 
     async def measure(self, name: str, action: Callable[[], Awaitable[Any]],
                       daemon: Daemon | None, sim: Simulator, *, note: str = "") -> Phase:
@@ -266,6 +270,9 @@ class Bench:
             engine_paths=_path_kinds(after.get("engine_paths", {})),
         )
         phase.samples_cpu_s = [phase.cpu_s]
+        floor, self._floor_before = self._floor_before, phase if name == "floor" else None
+        if floor is not None and floor.cpu_s > 0 and name in ("engine-first", "engine-steady"):
+            phase.floor_ratios = [phase.cpu_s / floor.cpu_s]
         return phase
 
     async def repeated(self, name: str, action: Callable[[], Awaitable[Any]],
@@ -286,6 +293,7 @@ class Bench:
         chosen = ordered[len(ordered) // 2]
         chosen.runs = len(results)
         chosen.samples_cpu_s = [p.cpu_s for p in ordered]
+        chosen.floor_ratios = sorted(r for p in results for r in p.floor_ratios)
         return chosen
 
     async def _drain_lookups(self, daemon: Daemon, engine: Any) -> int:
@@ -539,7 +547,11 @@ class Bench:
     # ----------------------------------------------------------------------- reporting
 
     def floor_ratio(self, phase: Phase) -> float | None:
-        """An engine phase's CPU time as a multiple of the floor's (median runs)."""
+        """An engine phase's CPU time as a multiple of the floor's: the median of each run's
+        ratio to the floor run made right before it (engine-first, engine-steady), which
+        shares its machine phase; else the median run's over the median floor run's."""
+        if phase.floor_ratios:
+            return statistics.median(phase.floor_ratios)
         floor = next((p for p in self.phases if p.name == "floor"), None)
         if floor is None or floor.cpu_s <= 0 or not phase.name.startswith("engine-"):
             return None
