@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from batchscope.model import DatadogBatchSnapshot, ErrorReason, FailedJob, Notice, Source
 from batchscope.sources.datadog import DatadogClient
-from batchscope.sources.engine import EngineClient, SkippedRow
+from batchscope.sources.engine import DeleteLog, EngineClient, SkippedRow
 from batchscope.sources.fetch import PollError, RateLimit
 from batchscope.tracker import Core, Outcome
 from batchscope.tracker.diagnosis import Findings, LookupKind, LookupRequest
@@ -175,8 +175,11 @@ class EnginePoller(TargetPoller):
         self.publish(Outcome(notices=[*listing.warnings, *history.warnings,
                                       *self._new_skips([*listing.skipped, *history.skipped])]))
         found = {r.batch_id: r for r in history.rows}
+        # The batches that ended this cycle are asked about the user-operation log's
+        # deletes together: one sweep of it, made on the first question.
+        deletes = DeleteLog(self.client, sweep_from)
         results = await asyncio.gather(
-            *(self._look_up_end(batch_id, found) for batch_id in outcome.missing),
+            *(self._look_up_end(batch_id, found, deletes) for batch_id in outcome.missing),
             return_exceptions=True,
         )
         self._lookup_failures(outcome.missing, results, "/history/batch/{id}")
@@ -184,13 +187,14 @@ class EnginePoller(TargetPoller):
         # Only endings after the watermark become events, so only they need the evidence
         # of a delete.
         evidenced = await _gather_all(
-            self.client.with_delete_evidence(r)
+            self.client.with_delete_evidence(r, deletes)
             for r in self.core.unseen_endings(self.name, history.rows))
         by_id = {r.batch_id: r for r in evidenced}
         rows = [by_id.get(r.batch_id, r) for r in history.rows]
         self.publish(self.core.apply(self.key, HistorySwept(rows), self.clock()))
 
-    async def _look_up_end(self, batch_id: str, found: dict[str, Any]) -> None:
+    async def _look_up_end(self, batch_id: str, found: dict[str, Any],
+                           deletes: DeleteLog | None = None) -> None:
         record = found.get(batch_id)
         still_running = False
         if record is None:
@@ -201,7 +205,7 @@ class EnginePoller(TargetPoller):
             if record is None:
                 still_running = await self.client.still_running(batch_id)
         if record is not None:
-            record = await self.client.with_delete_evidence(record)
+            record = await self.client.with_delete_evidence(record, deletes)
         self.publish(self.core.apply(
             self.key, EndLookedUp(batch_id, record, still_running), self.clock()))
 

@@ -18,6 +18,7 @@ from batchscope.sources.engine_json import (
     DateProblem,
     parse_history_row,
     parse_statistics_page,
+    read_delete_page,
     row_id,
     says_does_not_exist,
     shows_delete,
@@ -63,6 +64,66 @@ WARNING_VALUE_CHARS = 64
 DEFAULT_MAX_ROWS = 50_000
 
 _HISTORY_BY_ID = "/history/batch/{id}"
+
+#: How far before the start of its window a sweep of the user-operation log reads back: a
+#: delete logs its entry and ends the historic batch in one transaction (milliseconds
+#: apart, on one clock); this covers an entry logged a little before the end it caused.
+DELETE_LOG_SLACK = 60.0
+#: Pages of batch Delete entries one sweep reads (of 100) before it gives up and lets each
+#: batch be asked about alone: a wave of more deletes than that is asked one by one.
+DELETE_LOG_PAGES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteSweep:
+    """The batch ``Delete`` entries of the user-operation log since ``since`` (engine
+    clock), read once for all the batches that ended in a cycle.
+
+    ``complete``: every entry since then was read and understood, so a batch that ended at
+    or after ``since`` and is not in ``batch_ids`` has no Delete entry.
+    """
+
+    since: float
+    batch_ids: frozenset[str]
+    complete: bool
+
+    def knows(self, record: EngineHistoryRecord) -> bool | None:
+        """Whether the log records a Delete of the batch; None when the sweep cannot say
+        (incomplete, or the batch ended before its window or at an unreadable time)."""
+        if record.batch_id in self.batch_ids:
+            return True
+        if self.complete and record.end_time is not None and record.end_time >= self.since:
+            return False
+        return None
+
+
+class DeleteLog:
+    """One cycle's view of the user-operation log's batch deletes: swept at most once, on
+    the first question, for every batch that ended since ``since`` (a cycle's endings).
+
+    Asked about each ended batch in turn, it spares one user-operation request per batch;
+    a sweep that fails or cannot be read leaves every answer to the per-batch query.
+    """
+
+    def __init__(self, client: EngineClient, since: float) -> None:
+        self._client = client
+        self.since = since
+        self._lock = asyncio.Lock()
+        self._swept = False
+        self.sweep: DeleteSweep | None = None
+
+    async def knows(self, record: EngineHistoryRecord) -> bool | None:
+        """:meth:`DeleteSweep.knows`, the log swept on the first call that needs it."""
+        if record.end_time is None or record.end_time < self.since:
+            return None  # no sweep made for a batch it could not answer about
+        async with self._lock:
+            if not self._swept:
+                self._swept = True
+                try:
+                    self.sweep = await self._client.deletes_since(self.since)
+                except PollError:
+                    self.sweep = None  # each batch is asked about alone, as without a sweep
+        return None if self.sweep is None else self.sweep.knows(record)
 
 
 class EngineClient:
@@ -284,6 +345,35 @@ class EngineClient:
         except BadRow as exc:
             raise PollError("invalid_response", f"/history/user-operation: {exc}") from exc
 
+    async def deletes_since(self, since: float, page_size: int = 100) -> DeleteSweep:
+        """The batch Delete entries of the user-operation log logged at or after ``since``
+        (less :data:`DELETE_LOG_SLACK`), newest first: one request per page of them, in
+        place of one per ended batch. No date goes into the query (the engine's date
+        format is its own): the entries come sorted, and the reading stops at an older
+        one. Incomplete (``complete`` False) after :data:`DELETE_LOG_PAGES` pages or when
+        an entry in the window cannot be read.
+        """
+        window = since - DELETE_LOG_SLACK
+        deleted: set[str] = set()
+        for page_number in range(DELETE_LOG_PAGES):
+            params = {
+                "entityType": "Batch", "operationType": "Delete",
+                "sortBy": "timestamp", "sortOrder": "desc",
+                "firstResult": str(page_number * page_size), "maxResults": str(page_size),
+            }
+            async with self._lookups:
+                body = (await self._get("/history/user-operation", params)).body
+            try:
+                page = read_delete_page(body, window)
+            except BadRow as exc:
+                raise PollError("invalid_response", f"/history/user-operation: {exc}") from exc
+            deleted |= page.batch_ids
+            if page.unreadable:
+                return DeleteSweep(since, frozenset(deleted), complete=False)
+            if page.reached_older or page.size < page_size:
+                return DeleteSweep(since, frozenset(deleted), complete=True)
+        return DeleteSweep(since, frozenset(deleted), complete=False)
+
     async def jobs_were_deleted(self, record: EngineHistoryRecord) -> bool:
         """Whether the historic job log shows the batch's execution jobs deleted at its end.
 
@@ -305,17 +395,22 @@ class EngineClient:
         except BadRow as exc:
             raise PollError("invalid_response", f"/history/job-log: {exc}") from exc
 
-    async def with_delete_evidence(self, record: EngineHistoryRecord) -> EngineHistoryRecord:
+    async def with_delete_evidence(self, record: EngineHistoryRecord,
+                                   deletes: DeleteLog | None = None) -> EngineHistoryRecord:
         """``record`` with ``deleted`` set when there is evidence the batch was deleted.
 
         Evidence is a Delete in the user-operation log or, since an unauthenticated delete
         writes none, deletion entries in the historic job log of its execution jobs; the
-        job log is asked only when the user-operation log proved nothing.
+        job log is asked only when the user-operation log proved nothing. ``deletes`` (the
+        cycle's sweep of the log) answers for the user-operation log where it can; else the
+        batch's own entries are asked for.
         """
         if not record.ended or record.deleted:
             return record
-        if not (await self.was_deleted(record.batch_id)
-                or await self.jobs_were_deleted(record)):
+        logged = None if deletes is None else await deletes.knows(record)
+        if logged is None:
+            logged = await self.was_deleted(record.batch_id)
+        if not (logged or await self.jobs_were_deleted(record)):
             return record
         return replace(record, deleted=True)
 

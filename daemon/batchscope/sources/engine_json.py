@@ -504,6 +504,46 @@ def shows_delete(entries: object) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class DeletePage:
+    """One page of batch ``Delete`` entries of the user-operation log, newest first, as far
+    as it goes back to a time: the batches deleted then, whether an older entry was reached
+    (the next page is not needed), and whether an entry in the window could not be read."""
+
+    batch_ids: frozenset[str]
+    reached_older: bool
+    unreadable: bool
+    size: int  # entries on the page, of any kind
+
+
+def read_delete_page(entries: object, since: float) -> DeletePage:
+    """The ``Delete`` entries of a page sorted ``timestamp desc``, down to ``since``.
+
+    An entry whose time cannot be read might lie in the window; one in the window without a
+    batch id names no batch: either makes the page ``unreadable`` (the caller cannot tell
+    a batch was not deleted). Entries of other operations are passed over.
+    """
+    if not isinstance(entries, list):
+        raise BadRow("user-operation log is not a list")
+    deleted: set[str] = set()
+    unreadable = False
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("operationType") != "Delete":
+            continue
+        stamp, bad = _date_value(entry, "timestamp", None)
+        if stamp is None or bad:
+            unreadable = True
+            continue
+        if stamp < since:
+            return DeletePage(frozenset(deleted), True, unreadable, len(entries))
+        batch_id = entry.get("batchId")
+        if isinstance(batch_id, str) and batch_id:
+            deleted.add(batch_id)
+        else:
+            unreadable = True
+    return DeletePage(frozenset(deleted), False, unreadable, len(entries))
+
+
 #: How long before the batch's endTime the last execution job may have been deleted for
 #: the deletion to count as the batch's own. A delete removes the remaining jobs and ends
 #: the batch in one transaction (milliseconds apart); a failed job deleted by hand lets the
