@@ -320,9 +320,7 @@ class RecordBook:
         if admitted:
             active = self.active.setdefault((source, target), {})
             links = self.links.get((source, target))
-            numbered = not self.deferred_numbering
-            seq = self.seq
-            none, events, keys = State.NONE, out.events, []
+            none, events, keys, event = State.NONE, out.events, [], self._event
             for rec in admitted:
                 batch_id = rec.batch_id
                 key = (source, target, batch_id)
@@ -334,18 +332,8 @@ class RecordBook:
                     if link is not None:
                         rec.diagnosis = Diagnosis(link=link)
                 keys.append(key)
-                if numbered:
-                    seq += 1
-                # _event's construction for a record entering `state` from none.
-                events.append(BatchTransition(
-                    seq if numbered else UNNUMBERED, now, source, target, batch_id,
-                    rec.batch_type, none, state,
-                    rec.jobs if source is Source.ENGINE else None, None,
-                    None if source is Source.ENGINE else rec.result_counts,
-                    None if source is Source.ENGINE else rec.metadata,
-                    rec.diagnosis))
+                events.append(event(rec, none, now, None))
             n = len(admitted)
-            self.seq = seq
             self._per_source[source] += n
             self.version += n
             self.counts[(source, target, state)] += n
