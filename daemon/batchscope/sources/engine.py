@@ -6,7 +6,7 @@ import asyncio
 import base64
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -64,6 +64,7 @@ WARNING_VALUE_CHARS = 64
 DEFAULT_MAX_ROWS = 50_000
 
 _HISTORY_BY_ID = "/history/batch/{id}"
+_T = TypeVar("_T")
 
 #: How far before the start of its window a sweep of the user-operation log reads back: a
 #: delete logs its entry and ends the historic batch in one transaction (milliseconds
@@ -338,12 +339,7 @@ class EngineClient:
             "batchId": batch_id, "entityType": "Batch", "operationType": "Delete",
             "maxResults": "10",
         }
-        async with self._lookups:
-            body = (await self._get("/history/user-operation", params)).body
-        try:
-            return shows_delete(body)
-        except BadRow as exc:
-            raise PollError("invalid_response", f"/history/user-operation: {exc}") from exc
+        return await self._look_up("/history/user-operation", params, shows_delete)
 
     async def deletes_since(self, since: float, page_size: int = 100) -> DeleteSweep:
         """The batch Delete entries of the user-operation log logged at or after ``since``
@@ -361,12 +357,8 @@ class EngineClient:
                 "sortBy": "timestamp", "sortOrder": "desc",
                 "firstResult": str(page_number * page_size), "maxResults": str(page_size),
             }
-            async with self._lookups:
-                body = (await self._get("/history/user-operation", params)).body
-            try:
-                page = read_delete_page(body, window)
-            except BadRow as exc:
-                raise PollError("invalid_response", f"/history/user-operation: {exc}") from exc
+            page = await self._look_up("/history/user-operation", params,
+                                       lambda body: read_delete_page(body, window))
             deleted |= page.batch_ids
             if page.unreadable:
                 return DeleteSweep(since, frozenset(deleted), complete=False)
@@ -388,12 +380,19 @@ class EngineClient:
             "sortBy": "timestamp", "sortOrder": "desc",
             "firstResult": "0", "maxResults": "1",
         }
+        return await self._look_up("/history/job-log", params,
+                                   lambda body: shows_job_deletion(body, record.end_time))
+
+    async def _look_up(self, path: str, params: dict[str, str],
+                       read: Callable[[object], _T]) -> _T:
+        """One lookup request (within the lookups' concurrency bound), its body read by
+        ``read``; a body it cannot read (:class:`BadRow`) is an ``invalid_response``."""
         async with self._lookups:
-            body = (await self._get("/history/job-log", params)).body
+            body = (await self._get(path, params)).body
         try:
-            return shows_job_deletion(body, record.end_time)
+            return read(body)
         except BadRow as exc:
-            raise PollError("invalid_response", f"/history/job-log: {exc}") from exc
+            raise PollError("invalid_response", f"{path}: {exc}") from exc
 
     async def with_delete_evidence(self, record: EngineHistoryRecord,
                                    deletes: DeleteLog | None = None) -> EngineHistoryRecord:
