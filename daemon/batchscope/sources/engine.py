@@ -93,9 +93,14 @@ class DeleteSweep:
         (incomplete, or the batch ended before its window or at an unreadable time)."""
         if record.batch_id in self.batch_ids:
             return True
-        if self.complete and record.end_time is not None and record.end_time >= self.since:
+        if self.complete and _ended_since(record, self.since):
             return False
         return None
+
+
+def _ended_since(record: EngineHistoryRecord, since: float) -> bool:
+    """Whether a batch ended (at a readable time) within a delete sweep's window."""
+    return record.end_time is not None and record.end_time >= since
 
 
 class DeleteLog:
@@ -115,7 +120,7 @@ class DeleteLog:
 
     async def knows(self, record: EngineHistoryRecord) -> bool | None:
         """:meth:`DeleteSweep.knows`, the log swept on the first call that needs it."""
-        if record.end_time is None or record.end_time < self.since:
+        if not _ended_since(record, self.since):
             return None  # no sweep made for a batch it could not answer about
         async with self._lock:
             if not self._swept:
