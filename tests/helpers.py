@@ -5,8 +5,24 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
+
+DAEMON_DIR = Path(__file__).resolve().parents[1] / "daemon"
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``python -m batchscope`` subprocess: this one's, with the
+    package importable and nothing that would configure it from outside the test (settings
+    variables, Datadog keys, systemd credentials, a CI runner's step summary); ``extra``
+    on top."""
+    out = {k: v for k, v in os.environ.items()
+           if not k.startswith(("BATCHSCOPE_", "DD_", "CREDENTIALS_DIRECTORY", "GITHUB_"))}
+    out["PYTHONPATH"] = str(DAEMON_DIR)
+    out.update(extra)
+    return out
 
 
 class LogLines:

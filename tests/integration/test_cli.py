@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import sys
@@ -15,22 +14,15 @@ import pytest
 from batchscope.simulator.datadog import FakeDatadog
 from batchscope.simulator.engine import FakeEngine
 from batchscope.simulator.server import RunningSimulator, start_simulator
-from helpers import wait_until
+from helpers import cli_env, wait_until
 
-DAEMON_DIR = Path(__file__).resolve().parents[2] / "daemon"
 SECRET = "s3cr3t-api-key-value"
 
-
-def env() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items()
-           if not k.startswith(("BATCHSCOPE_", "DD_", "CREDENTIALS_DIRECTORY"))}
-    out["PYTHONPATH"] = str(DAEMON_DIR)
-    return out
 
 
 async def batchscope(*args: str, timeout: float = 60) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "batchscope", *args, env=env(),
+        sys.executable, "-m", "batchscope", *args, env=cli_env(),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -149,7 +141,7 @@ async def test_interrupted_wait_is_not_success(tmp_path: Path) -> None:
     async with await start_simulator(datadog=datadog) as sim:
         config = str(write_config(tmp_path, sim))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "batchscope", "wait", "--config", config, slow, env=env(),
+            sys.executable, "-m", "batchscope", "wait", "--config", config, slow, env=cli_env(),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         await wait_until(lambda: any(slow in r.path_qs for r in datadog.requests),
                          timeout=30, what="first poll")
@@ -186,7 +178,7 @@ async def test_demo_reads_the_settings_sources_and_logs_json_on_a_pipe() -> None
         port = probe.getsockname()[1]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "batchscope", "demo", "--duration", "30",
-        env={**env(), "BATCHSCOPE_HTTP__PORT": str(port)},
+        env={**cli_env(), "BATCHSCOPE_HTTP__PORT": str(port)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     lines: list[dict[str, object]] = []
 

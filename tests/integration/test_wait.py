@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -18,9 +17,8 @@ from batchscope.simulator.datadog import FakeDatadog
 from batchscope.simulator.engine import FakeEngine
 from batchscope.simulator.server import RunningSimulator, start_simulator
 from batchscope.tracker.links import DatadogLinks
-from helpers import wait_until
+from helpers import cli_env, wait_until
 
-DAEMON_DIR = Path(__file__).resolve().parents[2] / "daemon"
 API_KEY, APP_KEY = "s3cr3t-api-key-value", "s3cr3t-app-key-value"
 APP_URL = "https://app.example.test"
 HOSTILE = '<img src=x onerror=alert(1)> & "q" \'a\' ]]> | `x` \x07 end'
@@ -35,13 +33,6 @@ TESTS = [
      "execution_rule": "non_blocking"},
 ]
 
-
-def env(**extra: str) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items()
-           if not k.startswith(("BATCHSCOPE_", "DD_", "CREDENTIALS_DIRECTORY", "GITHUB_"))}
-    out["PYTHONPATH"] = str(DAEMON_DIR)
-    out.update(extra)
-    return out
 
 
 @dataclass
@@ -69,7 +60,7 @@ class Run:
 
 async def start(*args: str, **extra_env: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "batchscope", "wait", *args, env=env(**extra_env),
+        sys.executable, "-m", "batchscope", "wait", *args, env=cli_env(**extra_env),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
 
 

@@ -22,8 +22,8 @@ import pytest
 from batchscope.simulator.datadog import FakeDatadog
 from batchscope.simulator.engine import FakeEngine
 from batchscope.simulator.server import RunningSimulator, start_simulator
+from helpers import cli_env
 
-DAEMON_DIR = Path(__file__).resolve().parents[2] / "daemon"
 API_KEY, APP_KEY = "s3cr3t-api-key-value", "s3cr3t-app-key-value"
 STATISTICS = "/batch/statistics"
 CI_BATCH = "/api/v1/synthetics/ci/batch/"
@@ -55,19 +55,13 @@ class Run:
     maxrss_kb: int
 
 
-def env() -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items()
-           if not k.startswith(("BATCHSCOPE_", "DD_", "CREDENTIALS_DIRECTORY"))}
-    out["PYTHONPATH"] = str(DAEMON_DIR)
-    return out
-
 
 async def wait_command(config: Path, *args: str, limit: float = 60) -> Run:
     """`batchscope wait --config CONFIG ARGS...`: exit code, output, wall time, peak RSS.
     The whole process group is killed if it outlives ``limit`` seconds."""
     started = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", MEASURED, "wait", "--config", str(config), *args, env=env(),
+        sys.executable, "-c", MEASURED, "wait", "--config", str(config), *args, env=cli_env(),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
     )

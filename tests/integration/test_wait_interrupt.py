@@ -28,9 +28,8 @@ from batchscope.settings import load_settings
 from batchscope.simulator.datadog import FakeDatadog
 from batchscope.simulator.engine import FakeEngine
 from batchscope.simulator.server import RunningSimulator, start_simulator
-from helpers import wait_until
+from helpers import cli_env, wait_until
 
-DAEMON_DIR = Path(__file__).resolve().parents[2] / "daemon"
 API_KEY, APP_KEY = "s3cr3t-api-key-value", "s3cr3t-app-key-value"
 #: Far beyond every test: a wait that ends did so because of the signal.
 TIMEOUT = "600"
@@ -44,13 +43,6 @@ CHECKOUT = {"test_public_id": "aaa-aaa-aaa", "test_name": "Checkout flow",
 SEARCH = {"test_public_id": "bbb-bbb-bbb", "test_name": "Search page",
           "location": "aws:us-east-1", "device": "firefox.laptop_large"}
 
-
-def env(**extra: str) -> dict[str, str]:
-    out = {k: v for k, v in os.environ.items()
-           if not k.startswith(("BATCHSCOPE_", "DD_", "CREDENTIALS_DIRECTORY", "GITHUB_"))}
-    out["PYTHONPATH"] = str(DAEMON_DIR)
-    out.update(extra)
-    return out
 
 
 def write_config(tmp_path: Path, sim: RunningSimulator) -> str:
@@ -117,7 +109,7 @@ class Run:
 async def start(reports: Reports, *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "batchscope", "wait", "--timeout", TIMEOUT, *reports.args(),
-        *args, env=env(GITHUB_STEP_SUMMARY=str(reports.step)),
+        *args, env=cli_env(GITHUB_STEP_SUMMARY=str(reports.step)),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
 
 
